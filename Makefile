@@ -1,0 +1,42 @@
+# optaxlab: the two commands a fresh machine needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.optaxlab-installed
+PYTEST_WORKERS ?= 2
+
+.PHONY: install demo demo-quadratic test test-slow test-all lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch 2.13.0 is the CPU wheel (test-only reference); pin it first so nothing pulls a CUDA build.
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) experiments/demo.py
+
+demo-quadratic: $(STAMP)
+	$(PY) experiments/demo_quadratic.py
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m "slow" -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	@for f in experiments/benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
