@@ -7,8 +7,34 @@ Contract with the trainer (optaxlab.train):
   write(tb_writer, step, stats, config) -> dict[str, float]
                                      (host side; writes TensorBoard summaries, returns flat scalars
                                      that the trainer appends to metrics.jsonl).
+
+The normalized update is Delta = (theta_t - theta_{t-1}) / lr_t = updates / lr_t (seed 000). Per
+monitored layer (a parameter leaf named by its path, or a module with group='module'), `measure`
+bins Delta and the gradient (g / rms(g) by default) on fixed symmetric bins with under/overflow
+bins, and sums raw moments, the optimizer state's spread gamma = sqrt(v - m^2)/|m| (seed 002) and
+the VI tracker's SNR; `write` turns them into scalars (`overlay.summarize`: variances, the total
+variation distance to the theory law f_{m_eff(t)} with m_eff(t) the effective sample size of b2,
+skew/kurtosis/bimodality/tail-mass diagnostics) and writes TensorBoard histograms, scalars and
+"histogram vs theory" images.
+
+With `every = 0` the trainer never calls `measure`, so the compiled step has no monitor code.
 """
 
-from optaxlab.monitor.config import default_config
+from optaxlab.monitor.config import Settings, default_config, settings
+from optaxlab.monitor.overlay import summarize, theory_at, tv_distance
+from optaxlab.monitor.stats import LAYER_FIELDS, find_moments, layer_groups, measure
+from optaxlab.monitor.write import write
 
-__all__ = ["default_config"]
+__all__ = [
+    "LAYER_FIELDS",
+    "Settings",
+    "default_config",
+    "find_moments",
+    "layer_groups",
+    "measure",
+    "settings",
+    "summarize",
+    "theory_at",
+    "tv_distance",
+    "write",
+]

@@ -1,0 +1,291 @@
+"""On-device statistics of one train step: fixed-bin histograms and raw moment sums per layer.
+
+Everything here runs inside the jitted train step and returns only small arrays. The binning is
+arithmetic (floor of the scaled value, clipped to an underflow and an overflow bin) followed by a
+scatter-add of ones into `bins + 3` counters, with the index array kept in the leaf's own shape:
+for a sharded leaf XLA then counts per shard and all-reduces the `bins + 3` counters; no leaf is
+gathered (`jnp.bincount` of the raveled leaf would all-gather a 2-D-sharded leaf to flatten it).
+
+Per layer `measure` returns raw sums (count, sum x, sum x^2, sum |x|, sum x^3, sum x^4, min, max,
+...) rather than derived scalars: they add across leaves, shards and layers, and the host turns
+them into variances, skewness, distances in float64 (`optaxlab.monitor.overlay.summarize`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from optaxlab import theory
+from optaxlab.monitor.config import Settings, settings
+
+# Order of the per-layer float vector `stats/<layer>`. Sums are over the layer's coordinates.
+LAYER_FIELDS = (
+    "n",  # number of coordinates
+    "d_nan",  # coordinates whose Delta is NaN (not binned)
+    "d_sum",  # sum Delta
+    "d_sum2",  # sum Delta^2
+    "d_sumabs",  # sum |Delta|
+    "d_sum3",  # sum Delta^3
+    "d_sum4",  # sum Delta^4
+    "dn_sum",  # sum and sum of squares of the binned Delta (Delta / d_scale)
+    "dn_sum2",
+    "d_min",  # min and max of the binned Delta
+    "d_max",
+    "d_tail",  # coordinates with |Delta| > tail
+    "d_scale",  # scale Delta was divided by before binning (1 or rms, per leaf; summed)
+    "u_sum2",  # sum of squared raw updates (theta_t - theta_{t-1})^2
+    "p_sum2",  # sum of squared parameters (before the update)
+    "g_sum",  # sum g
+    "g_sum2",  # sum g^2
+    "g_nan",
+    "gn_sum",  # sum of the binned (scaled) gradient
+    "gn_sum2",
+    "gn_min",
+    "gn_max",
+    "spread_sum",  # sum of gamma = sqrt(v - m^2)/|m| over coordinates with m != 0, v > 0
+    "spread_n",
+    "step_sum",  # sum of |m|/sqrt(v) = 1/sqrt(1 + gamma^2) over coordinates with v > 0
+    "step_n",
+    "snr_sum",  # sum of |mean|/sqrt(var) for the Gaussian VI tracker, over var > 0
+    "snr_n",
+)
+FIELD = {k: i for i, k in enumerate(LAYER_FIELDS)}
+_ADD = tuple(k for k in LAYER_FIELDS if not k.endswith(("_min", "_max")))
+
+
+class MomentPair(NamedTuple):
+    """One parameter leaf's first/second moment from the optimizer state."""
+
+    first: jax.Array  # Adam's mu, or the tracker's mean
+    second: jax.Array  # Adam's nu (E[g^2]), or the tracker's var (E[g^2] - E[g]^2)
+    kind: str  # 'adam' (second = E[g^2]) or 'vi' (second = variance)
+
+
+def _key_name(k) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def path_name(path) -> str:
+    """'blocks/0/mlp/kernel' from a pytree key path (a trailing NNX '.value' is dropped)."""
+    parts = [_key_name(k) for k in path]
+    while parts and parts[-1] in ("value", "raw_value"):
+        parts.pop()
+    return "/".join(parts)
+
+
+def _named_leaves(tree) -> dict[str, jax.Array]:
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {path_name(p): x for p, x in leaves}
+
+
+def layer_groups(params, config) -> dict[str, list[str]]:
+    """Layer name -> the parameter-leaf names it groups, after the include/exclude filters.
+
+    Names come from the parameters' pytree paths; with group='module' the last path component
+    (kernel, bias, scale, embedding) is dropped, so one module's leaves form one layer.
+    """
+    s = settings(config)
+    groups: dict[str, list[str]] = {}
+    for name in _named_leaves(params):
+        layer = name.rsplit("/", 1)[0] if (s.group == "module" and "/" in name) else name
+        if s.selected(layer):
+            groups.setdefault(layer, []).append(name)
+    return groups
+
+
+def _is_moment_node(x) -> bool:
+    fields = getattr(x, "_fields", None)
+    if not isinstance(x, tuple) or fields is None:
+        return False
+    return ("mu" in fields and "nu" in fields) or ("mean" in fields and "var" in fields)
+
+
+def _is_hparams_node(x) -> bool:
+    fields = getattr(x, "_fields", None)
+    return isinstance(x, tuple) and fields is not None and "hyperparams" in fields
+
+
+def find_moments(opt_state) -> tuple[dict[str, MomentPair], Any, Any]:
+    """Finds the first (mu, nu) or (mean, var) NamedTuple in an optimizer state.
+
+    Returns (leaf name -> MomentPair, the state's `count` or None, a 'b2'/'beta' hyperparameter
+    found in an `optax.inject_hyperparams` state or None). The moment trees are matched to the
+    parameters by pytree path, so wrappers (chain, inject_hyperparams, masked, MultiSteps) are
+    looked through. Optimizers without such a state give ({}, None, ...).
+    """
+    nodes, _ = jax.tree_util.tree_flatten(
+        opt_state, is_leaf=lambda x: _is_moment_node(x) or _is_hparams_node(x)
+    )
+    pairs: dict[str, MomentPair] = {}
+    count = b2 = None
+    for node in nodes:
+        if _is_hparams_node(node) and b2 is None:
+            hp = node.hyperparams
+            if isinstance(hp, Mapping):
+                b2 = hp.get("b2", hp.get("beta"))
+            sub, c, b = find_moments(node.inner_state if hasattr(node, "inner_state") else ())
+            if sub and not pairs:
+                pairs, count = sub, c
+            b2 = b2 if b2 is not None else b
+        elif _is_moment_node(node) and not pairs:
+            adam = "mu" in node._fields
+            first, second = (node.mu, node.nu) if adam else (node.mean, node.var)
+            f, s = _named_leaves(first), _named_leaves(second)
+            pairs = {k: MomentPair(f[k], s[k], "adam" if adam else "vi") for k in f if k in s}
+            count = getattr(node, "count", None)
+    return pairs, count, b2
+
+
+def _bin_counts(x: jax.Array, r: float, bins: int) -> jax.Array:
+    """int32[bins + 3]: underflow, the bins on [-r, r), overflow, NaN; x keeps its shape."""
+    t = jnp.floor((x + r) * (bins / (2.0 * r)))
+    i = jnp.clip(t, -1.0, float(bins)) + 1.0
+    i = jnp.where(jnp.isnan(x), float(bins + 2), i).astype(jnp.int32)
+    return jnp.zeros((bins + 3,), jnp.int32).at[i].add(1, mode="promise_in_bounds")
+
+
+def _rms(x: jax.Array) -> jax.Array:
+    r = jnp.sqrt(jnp.mean(jnp.square(x)))
+    return jnp.where((r > 0) & jnp.isfinite(r), r, 1.0)
+
+
+def _leaf_stats(
+    g: jax.Array,
+    u: jax.Array,
+    p: jax.Array,
+    moments: MomentPair | None,
+    lr: jax.Array,
+    corr: tuple[jax.Array, jax.Array] | None,
+    s: Settings,
+) -> tuple[dict[str, jax.Array], jax.Array | None, jax.Array | None]:
+    f32 = jnp.float32
+    g, u, p = g.astype(f32), u.astype(f32), p.astype(f32)
+    d = u / lr
+    d_scale = _rms(d) if s.delta_scale == "rms" else jnp.ones((), f32)
+    g_scale = _rms(g) if s.grad_scale == "rms" else jnp.ones((), f32)
+    dn = d / d_scale if s.delta_scale == "rms" else d
+    gn = g / g_scale if s.grad_scale == "rms" else g
+    zero = jnp.zeros((), f32)
+    v = dict(
+        n=jnp.asarray(d.size, f32),
+        d_nan=jnp.sum(jnp.isnan(d), dtype=f32),
+        d_sum=jnp.sum(d),
+        d_sum2=jnp.sum(d * d),
+        d_sumabs=jnp.sum(jnp.abs(d)),
+        d_sum3=jnp.sum(d * d * d),
+        d_sum4=jnp.sum(jnp.square(d * d)),
+        dn_sum=jnp.sum(dn),
+        dn_sum2=jnp.sum(dn * dn),
+        d_min=jnp.min(dn),
+        d_max=jnp.max(dn),
+        d_tail=jnp.sum(jnp.abs(d) > s.tail, dtype=f32),
+        d_scale=d_scale,
+        u_sum2=jnp.sum(u * u),
+        p_sum2=jnp.sum(p * p),
+        g_sum=jnp.sum(g),
+        g_sum2=jnp.sum(g * g),
+        g_nan=jnp.sum(jnp.isnan(g), dtype=f32),
+        gn_sum=jnp.sum(gn),
+        gn_sum2=jnp.sum(gn * gn),
+        gn_min=jnp.min(gn),
+        gn_max=jnp.max(gn),
+    )
+    for k in ("spread_sum", "spread_n", "step_sum", "step_n", "snr_sum", "snr_n"):
+        v[k] = zero
+    if moments is not None:
+        m, second = moments.first.astype(f32), moments.second.astype(f32)
+        # v = E[g^2]: Adam's nu, or the tracker's var + mean^2.
+        msq = second if moments.kind == "adam" else jnp.maximum(second, 0.0) + m * m
+        if corr is not None:
+            m, msq = m / corr[0], msq / corr[1]
+        gamma = theory.spread(m, msq)  # inf where m = 0, nan where m = v = 0
+        ok = jnp.isfinite(gamma)
+        v["spread_sum"] = jnp.sum(jnp.where(ok, gamma, 0.0))
+        v["spread_n"] = jnp.sum(ok, dtype=f32)
+        pos = msq > 0  # 1/sqrt(1 + gamma^2) = |m|/sqrt(v), 0 where m = 0
+        v["step_sum"] = jnp.sum(jnp.where(pos, theory.predicted_step(gamma), 0.0))
+        v["step_n"] = jnp.sum(pos, dtype=f32)
+        if moments.kind == "vi":
+            var = jnp.maximum(msq - m * m, 0.0)
+            pv = var > 0
+            snr = jnp.abs(m) * jax.lax.rsqrt(jnp.where(pv, var, 1.0))
+            v["snr_sum"] = jnp.sum(jnp.where(pv, snr, 0.0))
+            v["snr_n"] = jnp.sum(pv, dtype=f32)
+    dh = gh = None
+    if s.histograms:
+        dh = _bin_counts(dn, s.delta_range, s.bins)
+        gh = _bin_counts(gn, s.grad_range, s.bins)
+    return v, dh, gh
+
+
+def _combine(a: dict[str, jax.Array], b: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    out = {k: a[k] + b[k] for k in _ADD}
+    for k in LAYER_FIELDS:
+        if k.endswith("_min"):
+            out[k] = jnp.minimum(a[k], b[k])
+        elif k.endswith("_max"):
+            out[k] = jnp.maximum(a[k], b[k])
+    return out
+
+
+def measure(grads, updates, params, opt_state, learning_rate, step, config) -> dict[str, jax.Array]:
+    """Per-layer statistics of one optimizer step; pure and jittable (call inside the step).
+
+    Args:
+      grads: the gradient pytree g_t (same structure as params).
+      updates: optax's updates, theta_t - theta_{t-1}.
+      params: the parameters theta_{t-1} (before the update).
+      opt_state: the optimizer state after `update` (searched for (mu, nu) / (mean, var)).
+      learning_rate: the scalar lr_t of this step; Delta = updates / lr_t (lr_t = 0 gives
+        Delta = updates, i.e. 0 for optimizers that scale by lr).
+      step: the 1-based step t (traced int32 is fine).
+      config: the static `config.monitor` block.
+
+    Returns:
+      A flat dict of small arrays: 'step', 'learning_rate', optionally 'hparam_b2';
+      per layer 'stats/<layer>' (float32[len(LAYER_FIELDS)], raw sums in LAYER_FIELDS order),
+      and with histograms on 'delta_hist/<layer>', 'grad_hist/<layer>' (int32[bins + 2]:
+      underflow, bins, overflow).
+    """
+    s = settings(config)
+    groups = layer_groups(params, s)
+    gl, ul, pl = _named_leaves(grads), _named_leaves(updates), _named_leaves(params)
+    missing = [k for k in pl if k not in gl or k not in ul]
+    if missing:
+        raise ValueError(
+            f"monitor.measure: grads/updates lack parameter leaves {missing[:5]}; "
+            "they must have the structure of params."
+        )
+    pairs, count, hp_b2 = find_moments(opt_state)
+    lr = jnp.asarray(learning_rate, jnp.float32)
+    lr = jnp.where(lr == 0, 1.0, lr)
+    corr = None
+    if s.theory_b1 is not None and s.theory_b2 is not None and count is not None:
+        c = jnp.maximum(jnp.asarray(count, jnp.float32), 1.0)
+        corr = (1.0 - s.theory_b1**c, jnp.where(s.theory_b2 < 1.0, 1.0 - s.theory_b2**c, 1.0))
+    out: dict[str, jax.Array] = {
+        "step": jnp.asarray(step, jnp.int32),
+        "learning_rate": jnp.asarray(learning_rate, jnp.float32),
+    }
+    if hp_b2 is not None:
+        out["hparam_b2"] = jnp.asarray(hp_b2, jnp.float32)
+    for layer, names in groups.items():
+        acc = dh = gh = None
+        for k in names:
+            v, h1, h2 = _leaf_stats(gl[k], ul[k], pl[k], pairs.get(k), lr, corr, s)
+            acc = v if acc is None else _combine(acc, v)
+            if h1 is not None:
+                dh = h1 if dh is None else dh + h1
+                gh = h2 if gh is None else gh + h2
+        out[f"stats/{layer}"] = jnp.stack([acc[k] for k in LAYER_FIELDS])
+        if dh is not None:
+            out[f"delta_hist/{layer}"] = dh[: s.bins + 2]
+            out[f"grad_hist/{layer}"] = gh[: s.bins + 2]
+    return out
