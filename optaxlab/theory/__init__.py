@@ -1,12 +1,56 @@
 """optaxlab.theory: closed forms and Monte Carlo simulators of the papers (pure jax/numpy/scipy).
 
-Imports nothing else of optaxlab at import time (DESIGN.md, direction of imports).
+Imports nothing else of optaxlab at import time (DESIGN.md, direction of imports); optimizer names
+are resolved lazily through `optaxlab.optimizers` inside the functions that take them.
 
 - update_law: the law of Adam's normalized update under seed 000's theory model (pdf, cdf, bin
   probabilities, moments, the Beta law of K, EMA effective sample size).
+- simulate: a jitted Monte Carlo of any optimizer's normalized update on iid coordinates, fed by a
+  gradient process (Gaussian with time-varying mean/std, Cauchy, Student-t, stable, Pareto, ...).
 - spread: seed 002's gradient spread gamma and the predicted step 1/sqrt(1 + gamma^2).
+- heavy_tails: seed 003's noise norms, variance against sample size, tail-index estimators.
+- equal_betas: seed 004's sequence-operator view (App. E) and online Gaussian VI (Theorem 4.1).
+- quadratic: seed 004's toy quadratics (App. D) and a vmapped optimizer runner.
+- plots: matplotlib helpers for the pdf family and the variance curves (matplotlib loaded lazily).
 """
 
+from optaxlab.theory.equal_betas import (
+    adam_equal_betas_operator,
+    damped_periodic,
+    filter_sequence,
+    vi_objective,
+    vi_update,
+)
+from optaxlab.theory.heavy_tails import (
+    hill_estimator,
+    noise_norms,
+    stable_tail_index,
+    variance_vs_sample_size,
+)
+from optaxlab.theory.plots import plot_pdf_family, plot_variance_curves
+from optaxlab.theory.quadratic import (
+    ToyQuadratic,
+    full_gradient,
+    haar_orthogonal,
+    quadratic_loss,
+    run_quadratic,
+    stochastic_gradient,
+    toy_quadratic,
+)
+from optaxlab.theory.simulate import (
+    SimulationResult,
+    adam_model,
+    cauchy,
+    gaussian,
+    pareto,
+    resolve_transform,
+    sample_pareto,
+    sample_symmetric_stable,
+    simulate,
+    student_t,
+    symmetric_stable,
+    theory_model,
+)
 from optaxlab.theory.spread import adam_direction, predicted_step, spread
 from optaxlab.theory.update_law import (
     abs_update_mean,
@@ -25,20 +69,50 @@ from optaxlab.theory.update_law import (
 )
 
 __all__ = [
+    "SimulationResult",
+    "ToyQuadratic",
     "abs_update_mean",
     "abs_update_variance",
     "adam_direction",
+    "adam_equal_betas_operator",
+    "adam_model",
+    "cauchy",
+    "damped_periodic",
     "effective_sample_size",
+    "filter_sequence",
+    "full_gradient",
+    "gaussian",
+    "haar_orthogonal",
+    "hill_estimator",
     "k_cdf",
     "k_distribution",
     "k_params",
     "k_pdf",
+    "noise_norms",
+    "pareto",
+    "plot_pdf_family",
+    "plot_variance_curves",
     "predicted_step",
+    "quadratic_loss",
+    "resolve_transform",
+    "run_quadratic",
+    "sample_pareto",
+    "sample_symmetric_stable",
     "sample_update",
+    "simulate",
     "spread",
+    "stable_tail_index",
+    "stochastic_gradient",
+    "student_t",
     "student_t_variance",
+    "symmetric_stable",
+    "theory_model",
+    "toy_quadratic",
     "update_bin_probs",
     "update_cdf",
     "update_pdf",
     "update_variance",
+    "variance_vs_sample_size",
+    "vi_objective",
+    "vi_update",
 ]

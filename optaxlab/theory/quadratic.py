@@ -1,0 +1,205 @@
+"""Toy quadratics of seed 004, App. D (after Zhang et al., 2024a): heterogeneous vs homogeneous.
+
+Loss f(w) = 1/2 w^T H w (minimum 0 at w = 0) in 9 dimensions. H is block-diagonal with three 3x3
+blocks; block b is R_b diag(lambda_b) R_b^T with its own Haar-random rotation R_b. Eigenvalues:
+
+    heterogeneous  [[1, 2, 3], [99, 100, 101], [4998, 4999, 5000]]   (each block one scale)
+    homogeneous    [[1, 99, 4998], [2, 100, 4999], [3, 101, 5000]]   (each block all scales)
+
+Stochastic gradients sample rows of the design matrix A = H^(1/2) (symmetric, block-diagonal):
+f(w) = 1/2 ||A w||^2 = 1/2 sum_i (a_i^T w)^2, and a batch S of B rows (without replacement)
+gives the unbiased estimate g = (9/B) A_S^T A_S w.
+
+`run_quadratic` trains any optimizer on it for a grid of learning rates and seeds at once
+(vmapped), recording the loss and, optionally, the per-block mean of the equal-beta variance
+estimate s_t^2 = v_t - m_t^2 (seed 004 Fig. 6, second row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+__all__ = [
+    "HETEROGENEOUS",
+    "HOMOGENEOUS",
+    "ToyQuadratic",
+    "full_gradient",
+    "haar_orthogonal",
+    "quadratic_loss",
+    "run_quadratic",
+    "stochastic_gradient",
+    "toy_quadratic",
+]
+
+HETEROGENEOUS = ((1.0, 2.0, 3.0), (99.0, 100.0, 101.0), (4998.0, 4999.0, 5000.0))
+HOMOGENEOUS = ((1.0, 99.0, 4998.0), (2.0, 100.0, 4999.0), (3.0, 101.0, 5000.0))
+
+
+class ToyQuadratic(NamedTuple):
+    """hessian H (d, d); sqrt_hessian A = H^(1/2) (d, d); eigenvalues (blocks, block size);
+    block_of (d,) the block index of each coordinate; rotations (blocks, k, k)."""
+
+    hessian: jax.Array
+    sqrt_hessian: jax.Array
+    eigenvalues: jax.Array
+    block_of: jax.Array
+    rotations: jax.Array
+
+
+def haar_orthogonal(key: jax.Array, n: int, dtype=jnp.float32) -> jax.Array:
+    """A Haar-random n x n orthogonal matrix: Q of the QR of a Gaussian matrix with the signs of
+    diag(R) folded in (Mezzadri, 2007, "How to generate random matrices from the classical compact
+    groups"); equivalent to seed 004's eigenvectors of X X^T up to column signs/order."""
+    z = jax.random.normal(key, (n, n), dtype)
+    q, r = jnp.linalg.qr(z)
+    return q * jnp.sign(jnp.diag(r))[None, :]
+
+
+def toy_quadratic(
+    kind: str = "heterogeneous",
+    key: jax.Array | int = 0,
+    eigenvalues: Sequence[Sequence[float]] | None = None,
+    dtype=jnp.float32,
+) -> ToyQuadratic:
+    """Builds seed 004's toy quadratic ('heterogeneous' or 'homogeneous', or custom eigenvalues).
+
+    Each block gets its own Haar rotation drawn from `key`. The Hessian is built in float64 numpy
+    and cast, so its eigenvalues are exact to the dtype's round-off.
+    """
+    if eigenvalues is None:
+        table = {"heterogeneous": HETEROGENEOUS, "homogeneous": HOMOGENEOUS}
+        if kind not in table:
+            raise ValueError(f"kind={kind!r} is invalid: use 'heterogeneous' or 'homogeneous'.")
+        eigenvalues = table[kind]
+    lam = np.asarray(eigenvalues, np.float64)
+    if lam.ndim != 2 or np.any(lam <= 0):
+        raise ValueError(f"eigenvalues must be a (blocks, k) table of positive numbers; got {lam}.")
+    nb, k = lam.shape
+    if isinstance(key, int):
+        key = jax.random.key(key)
+    keys = jax.random.split(key, nb)
+    with jax.enable_x64(True):
+        rots = np.stack([np.asarray(haar_orthogonal(kk, k, jnp.float64)) for kk in keys])
+    d = nb * k
+    h = np.zeros((d, d))
+    a = np.zeros((d, d))
+    for b in range(nb):
+        s = slice(b * k, (b + 1) * k)
+        h[s, s] = rots[b] @ np.diag(lam[b]) @ rots[b].T
+        a[s, s] = rots[b] @ np.diag(np.sqrt(lam[b])) @ rots[b].T
+    h = 0.5 * (h + h.T)
+    a = 0.5 * (a + a.T)
+    return ToyQuadratic(
+        hessian=jnp.asarray(h, dtype),
+        sqrt_hessian=jnp.asarray(a, dtype),
+        eigenvalues=jnp.asarray(lam, dtype),
+        block_of=jnp.repeat(jnp.arange(nb), k),
+        rotations=jnp.asarray(rots, dtype),
+    )
+
+
+def quadratic_loss(q: ToyQuadratic, w: jax.Array) -> jax.Array:
+    """f(w) = 1/2 w^T H w (the suboptimality: f* = 0)."""
+    return 0.5 * w @ (q.hessian @ w)
+
+
+def full_gradient(q: ToyQuadratic, w: jax.Array) -> jax.Array:
+    """H w."""
+    return q.hessian @ w
+
+
+def stochastic_gradient(q: ToyQuadratic, w: jax.Array, key: jax.Array, batch_size: int):
+    """(d/B) A_S^T A_S w for B rows S of A = H^(1/2) drawn uniformly without replacement."""
+    d = q.sqrt_hessian.shape[0]
+    if not 1 <= batch_size <= d:
+        raise ValueError(f"batch_size={batch_size!r} is invalid: it must lie in [1, {d}].")
+    rows = jax.random.choice(key, d, (batch_size,), replace=False)
+    a_s = q.sqrt_hessian[rows]
+    return (d / batch_size) * a_s.T @ (a_s @ w)
+
+
+def run_quadratic(
+    q: ToyQuadratic,
+    make_transform: Callable[[jax.Array], optax.GradientTransformation],
+    learning_rates: Sequence[float] | jax.Array,
+    *,
+    steps: int = 1000,
+    seeds: Sequence[int] = (0,),
+    batch_size: int | None = None,
+    w0_scale: float = 1.0,
+    track_beta: float | None = None,
+    record_every: int = 1,
+) -> dict[str, jax.Array]:
+    """Optimizes f with `make_transform(lr)` for every lr x seed (vmapped, one compile).
+
+    Args:
+      q: the quadratic.
+      make_transform: lr (a traced scalar) -> optax.GradientTransformation whose update already
+        includes -lr (e.g. `lambda lr: optimizers.create('signum', lr, beta=0.9)`).
+      learning_rates: grid of learning rates.
+      steps: optimization steps.
+      seeds: each seed draws w0 ~ N(0, w0_scale^2 I) and the row-sampling stream.
+      batch_size: rows per stochastic gradient; None for the full (deterministic) gradient.
+      track_beta: if set, also record the per-block mean of s_t^2 = v^_t - m^_t^2 from
+        bias-corrected EMAs of g with this beta (exactly the variance estimate of Adam with
+        b1 = b2 = track_beta on the same gradients).
+      record_every: keep the loss every this many steps.
+
+    Returns:
+      dict with 'loss' (n_lr, n_seeds, steps // record_every + 1) (entry 0 is the initial loss),
+      'steps' the matching step numbers, and with track_beta 'block_var'
+      (n_lr, n_seeds, steps // record_every, blocks).
+    """
+    if batch_size is not None and not 1 <= batch_size <= q.hessian.shape[0]:
+        raise ValueError(f"batch_size={batch_size!r} is invalid: use None or [1, d].")
+    if steps % record_every:
+        raise ValueError(f"record_every={record_every} must divide steps={steps}.")
+    lrs = jnp.asarray(learning_rates, q.hessian.dtype)
+    if lrs.ndim != 1:
+        raise ValueError(f"learning_rates must be 1-D, got shape {lrs.shape}.")
+    nb = q.eigenvalues.shape[0]
+    d = q.hessian.shape[0]
+
+    def one(lr, seed):
+        tx = make_transform(lr)
+        kw, kg = jax.random.split(jax.random.key(seed))
+        w0 = w0_scale * jax.random.normal(kw, (d,), q.hessian.dtype)
+
+        def step(carry, t):
+            w, state, m, v, key = carry
+            key, sub = jax.random.split(key)
+            if batch_size is None:
+                g = full_gradient(q, w)
+            else:
+                g = stochastic_gradient(q, w, sub, batch_size)
+            u, state = tx.update(g, state, w)
+            w = optax.apply_updates(w, u)
+            out = {"loss": quadratic_loss(q, w)}
+            if track_beta is not None:
+                b = track_beta
+                m = b * m + (1 - b) * g
+                v = b * v + (1 - b) * g * g
+                c = 1.0 - b ** t.astype(w.dtype)
+                s2 = jnp.maximum(v / c - (m / c) ** 2, 0.0)
+                out["block_var"] = jax.ops.segment_sum(s2, q.block_of, nb) / (d // nb)
+            return (w, state, m, v, key), out
+
+        z = jnp.zeros_like(w0)
+        carry = (w0, tx.init(w0), z, z, kg)
+        ts = jnp.arange(1, steps + 1)
+        _, ys = jax.lax.scan(step, carry, ts)
+        ys = jax.tree.map(lambda y: y[record_every - 1 :: record_every], ys)
+        ys["loss"] = jnp.concatenate([quadratic_loss(q, w0)[None], ys["loss"]])
+        return ys
+
+    seeds_arr = jnp.asarray(seeds, jnp.uint32)
+    run = jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None)))
+    out = run(lrs, seeds_arr)
+    out["steps"] = jnp.arange(0, steps + 1, record_every)
+    return out
