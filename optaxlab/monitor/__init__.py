@@ -23,9 +23,10 @@ With `every = 0` the trainer never calls `measure`, so the compiled step has no 
 from optaxlab.monitor.config import Settings, default_config, settings
 from optaxlab.monitor.overlay import summarize, theory_at, tv_distance
 from optaxlab.monitor.stats import LAYER_FIELDS, find_moments, layer_groups, measure
-from optaxlab.monitor.write import write
+from optaxlab.monitor.writer import IMAGE_TAG, write
 
 __all__ = [
+    "IMAGE_TAG",
     "LAYER_FIELDS",
     "Settings",
     "default_config",

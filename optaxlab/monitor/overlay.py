@@ -18,12 +18,15 @@ dict of floats, in float64. Per layer (tag `<metric>/<layer>`):
                     0 = identical, 1 = disjoint; ~0.01 is sampling noise for 1e5 coordinates
   shape_skew        third standardized moment of Delta. 0 for the theory (symmetric). |skew| of
                     a few tenths or more means the gradient has a non-zero mean in this layer
-                    (seed 000 Sec. 6.2); its sign is the sign of the mean of Delta, i.e. opposite
-                    to the mean gradient (Delta = (theta_t - theta_{t-1})/lr moves against g).
+                    (seed 000 Sec. 6.2). Its sign is the sign of the mean gradient: the bulk of
+                    Delta sits against the bound on the side opposite to g (Delta moves against
+                    g) and the tail points back across 0 (g ~ N(-1, 1) gives skew -1.2 at t = 2,
+                    -0.24 at t = 10 with simple averaging).
   shape_kurtosis    fourth standardized moment E[(x-mu)^4]/Var^2 (3 for a Gaussian). The theory
-                    gives 3m/(m+2) < 3 (1 at m=1, 1.5 at m=2, 1.8 at m=3). Well above 3: heavy
-                    tails or a spike at 0 with far-out mass -- the trimodal shape of heavy-tailed
-                    (Cauchy-like) gradients (Sec. 6.3); below the theory: mass pushed to the edges.
+                    gives 3m/(m+2) < 3 (1 at m=1, 1.5 at m=2, 1.8 at m=3). Well above the theory:
+                    a spike at 0 with far-out mass -- the trimodal shape of heavy-tailed
+                    (Cauchy-like) gradients (Sec. 6.3; 3.2 vs 2.1 at t = 5); below it: mass
+                    pushed to the edges (bimodal).
   shape_bimodality  Sarle's bimodality coefficient (skew^2 + 1)/kurtosis: 1/3 Gaussian, 5/9
                     uniform, above 5/9 bimodal. The theory gives (m+2)/(3m): bimodal at m=2
                     (0.67), 5/9 at m=3, then -> 1/3. A value that stays above the `theory/`

@@ -1,0 +1,82 @@
+"""TensorBoard writing: histograms per layer per logged step, scalars and images, read back with
+TensorBoard's own EventAccumulator."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tensorboard.backend.event_processing import event_accumulator as ea
+from tensorboardX import SummaryWriter
+
+from optaxlab import monitor
+
+
+def test_events_have_a_histogram_per_layer_per_logged_step(tmp_path):
+    rng = np.random.default_rng(0)
+    params = {
+        "blocks": {"0": {"kernel": jnp.zeros((40, 30)), "bias": jnp.zeros((30,))}},
+        "head": {"kernel": jnp.zeros((30, 7))},
+    }
+    lr = 0.01
+    opt = optax.adam(lr, b1=0.0, b2=0.95, eps=0.0)
+    cfg = monitor.default_config()
+    cfg.theory_b2 = 0.95
+    cfg.image_steps = (2,)
+
+    @jax.jit
+    def step(params, state, g, t):
+        u, state = opt.update(g, state, params)
+        stats = monitor.measure(g, u, params, state, lr, t, cfg)
+        return optax.apply_updates(params, u), state, stats
+
+    logdir = tmp_path / "tensorboard"
+    writer = SummaryWriter(str(logdir))
+    state = opt.init(params)
+    logged, returned = {}, {}
+    for t in range(1, 5):
+        g = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
+        params, state, stats = step(params, state, g, t)
+        if t != 3:  # e.g. every = 2 plus the first step: step 3 not logged
+            logged[t] = jax.device_get(stats)
+            returned[t] = monitor.write(writer, t, logged[t], cfg)
+    writer.close()
+
+    acc = ea.EventAccumulator(
+        str(logdir), size_guidance={ea.HISTOGRAMS: 0, ea.SCALARS: 0, ea.IMAGES: 0}
+    )
+    acc.Reload()
+    tags = acc.Tags()
+    layers = ["blocks/0/bias", "blocks/0/kernel", "head/kernel"]
+    expected = {f"{kind}_hist/{layer}" for kind in ("update", "grad") for layer in layers}
+    assert set(tags["histograms"]) == expected
+    for layer in layers:
+        events = acc.Histograms(f"update_hist/{layer}")
+        assert [e.step for e in events] == [1, 2, 4]
+        for e in events:
+            h = e.histogram_value
+            counts = logged[e.step][f"delta_hist/{layer}"]
+            np.testing.assert_array_equal(h.bucket, counts)
+            assert h.num == counts.sum() == np.prod(params_shape(params, layer))
+            assert len(h.bucket_limit) == cfg.bins + 2
+            assert h.bucket_limit[0] == -cfg.delta_range
+            assert h.min >= -np.sqrt(e.step) - 1e-5 and h.max <= np.sqrt(e.step) + 1e-5
+        assert [e.step for e in acc.Histograms(f"grad_hist/{layer}")] == [1, 2, 4]
+        tv = acc.Scalars(f"theory_tv/{layer}")
+        assert [s.step for s in tv] == [1, 2, 4]
+        np.testing.assert_allclose(
+            [s.value for s in tv], [returned[t][f"theory_tv/{layer}"] for t in (1, 2, 4)], 1e-6
+        )
+    for tag in ("monitor/update_var", "theory/m_eff", "update_var_abs/head/kernel"):
+        assert [s.step for s in acc.Scalars(tag)] == [1, 2, 4], tag
+    images = acc.Images(monitor.IMAGE_TAG)
+    assert [im.step for im in images] == [2] and images[0].width > 100
+    assert images[0].encoded_image_string[:4] == b"\x89PNG"
+    # no writer (e.g. process != 0): nothing written, same scalars returned
+    assert monitor.write(None, 4, logged[4], cfg) == returned[4]
+
+
+def params_shape(params, layer):
+    node = params
+    for k in layer.split("/"):
+        node = node[k]
+    return node.shape
