@@ -38,7 +38,7 @@ def plot_pdf_family(ax=None, ms: Sequence[float] = (2, 3, 5, 10, 50), normal: bo
     ax.set_ylim(0, 1.0)
     ax.set_xlabel(r"normalized update $\Delta$")
     ax.set_ylabel("density")
-    ax.legend()
+    ax.legend(loc="upper right", fontsize=8)
     return ax
 
 
@@ -59,5 +59,5 @@ def plot_variance_curves(ax=None, m_max: float = 50, student_t: bool = True):
     ax.set_ylim(0, 3)
     ax.set_xlabel("m (samples in the second-moment average)")
     ax.set_ylabel("variance")
-    ax.legend()
+    ax.legend(loc="upper right", fontsize=8)
     return ax

@@ -4,9 +4,9 @@
 it a gradient stream drawn from a *process* (seed 000, Sections 3 and 6), and returns per-step
 histograms and moments of the normalized update
 
-    Delta_t = -(theta_t - theta_{t-1}) / lr = -update_t / lr
+    Delta_t = (theta_t - theta_{t-1}) / lr = update_t / lr
 
-(seed 000's definition up to the sign, so that Delta has the sign of the gradient for Adam),
+(seed 000's definition, the monitor's too: for Adam, Delta has the sign opposite to the gradient),
 computed on device inside one `jax.lax.scan`: nothing of size n x T is stored.
 
 Transforms: `theory_model()` (the default: no momentum, eps = 0, preconditioner by simple averaging,
@@ -345,7 +345,7 @@ def simulate(
       n: number of independent coordinates.
       steps: number of steps T.
       key: PRNG key or int seed.
-      learning_rate: the constant lr used to normalize, Delta = -update / learning_rate (and
+      learning_rate: the constant lr used to normalize, Delta = update / learning_rate (and
         passed to named transforms).
       hparams: keyword hyperparameters for a named transform.
       bins, value_range: the fixed histogram of Delta.
@@ -389,7 +389,7 @@ def simulate(
         g = process(sub, t, params).astype(dtype)
         updates, opt_state = tx.update(g, opt_state, params)
         params = optax.apply_updates(params, updates)
-        delta = -updates / learning_rate
+        delta = updates / learning_rate
         counts, under, over, nonfinite = _histogram(delta, lo, hi, bins)
         out = {f"{k}": v for k, v in _moments(delta).items()}
         out["grad_mean"] = jnp.mean(g)

@@ -1,0 +1,68 @@
+"""Shared plumbing of the experiment scripts: output folder, CSV writing, figure saving.
+
+Every experiment writes to `outputs/<script name>/` (gitignored) unless `--out` is given, and
+prints where it wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python experiments/x.py` without an installed package
+    sys.path.insert(0, str(REPO))
+
+
+def parser(script: str, description: str) -> argparse.ArgumentParser:
+    """An ArgumentParser with `--out` defaulting to outputs/<script stem>/."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "outputs" / Path(script).stem,
+        help="output folder (default: outputs/<script name>/)",
+    )
+    return p
+
+
+def out_dir(path: Path) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
+    """Writes rows under a header; floats with 6 significant digits."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for row in rows:
+            w.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+    return path
+
+
+def save_fig(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def plt():
+    """matplotlib.pyplot with the non-interactive Agg backend."""
+    import matplotlib
+
+    if os.environ.get("MPLBACKEND") is None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    return pyplot
+
+
+def done(out: Path, files: Sequence[Path]) -> None:
+    print(f"wrote {len(files)} files to {Path(out).resolve()}:")
+    for f in files:
+        print(f"  {Path(f).name}")
