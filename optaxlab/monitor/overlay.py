@@ -11,6 +11,9 @@ dict of floats, in float64. Per layer (tag `<metric>/<layer>`):
   grad_norm         ||g|| of the layer
   spread            mean over coordinates of gamma = sqrt(v - m^2)/|m| (seed 002; coordinates with
                     m = 0 are left out), where the optimizer state has (mu, nu) or (mean, var)
+  spread_geo        geometric mean exp(mean log gamma) over the same coordinates: a typical spread
+                    that the heavy 1/|m| tail of gamma near m = 0 does not dominate (the plain
+                    mean is noisy from step to step)
   spread_step       mean of 1/sqrt(1 + gamma^2) = |m|/sqrt(v): the step the spread predicts
   snr               mean of |mean|/sqrt(var), for the Gaussian VI tracker's state
   theory_tv         total variation distance between the observed Delta histogram (normalized,
@@ -50,7 +53,7 @@ from optaxlab import theory
 from optaxlab.monitor.config import Settings, settings
 from optaxlab.monitor.stats import FIELD
 
-_PER_LAYER = (
+PER_LAYER_METRICS = (
     "update_var",
     "update_var_abs",
     "update_mean_abs",
@@ -58,6 +61,7 @@ _PER_LAYER = (
     "update_param_rms",
     "grad_norm",
     "spread",
+    "spread_geo",
     "spread_step",
     "snr",
     "theory_tv",
@@ -163,6 +167,8 @@ def _moments(v: np.ndarray) -> dict[str, float]:
     ).items():
         if f(count) > 0:
             out[name] = f(total) / f(count)
+    if f("spread_n") > 0:
+        out["spread_geo"] = float(np.exp(f("spread_logsum") / f("spread_n")))
     return out
 
 

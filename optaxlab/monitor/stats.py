@@ -48,6 +48,7 @@ LAYER_FIELDS = (
     "gn_max",
     "spread_sum",  # sum of gamma = sqrt(v - m^2)/|m| over coordinates with m != 0, v > 0
     "spread_n",
+    "spread_logsum",  # sum of log(max(gamma, 1e-6)) over the same coordinates (geometric mean)
     "step_sum",  # sum of |m|/sqrt(v) = 1/sqrt(1 + gamma^2) over coordinates with v > 0
     "step_n",
     "snr_sum",  # sum of |mean|/sqrt(var) for the Gaussian VI tracker, over var > 0
@@ -197,7 +198,7 @@ def _leaf_stats(
         gn_min=jnp.min(gn),
         gn_max=jnp.max(gn),
     )
-    for k in ("spread_sum", "spread_n", "step_sum", "step_n", "snr_sum", "snr_n"):
+    for k in ("spread_sum", "spread_n", "spread_logsum", "step_sum", "step_n", "snr_sum", "snr_n"):
         v[k] = zero
     if moments is not None:
         m, second = moments.first.astype(f32), moments.second.astype(f32)
@@ -209,6 +210,8 @@ def _leaf_stats(
         ok = jnp.isfinite(gamma)
         v["spread_sum"] = jnp.sum(jnp.where(ok, gamma, 0.0))
         v["spread_n"] = jnp.sum(ok, dtype=f32)
+        log_gamma = jnp.log(jnp.maximum(jnp.where(ok, gamma, 1.0), 1e-6))
+        v["spread_logsum"] = jnp.sum(jnp.where(ok, log_gamma, 0.0))
         pos = msq > 0  # 1/sqrt(1 + gamma^2) = |m|/sqrt(v), 0 where m = 0
         v["step_sum"] = jnp.sum(jnp.where(pos, theory.predicted_step(gamma), 0.0))
         v["step_n"] = jnp.sum(pos, dtype=f32)
