@@ -94,7 +94,8 @@ def token_file(data_cfg: dict[str, Any], split: str) -> tuple[Path, str]:
 
 
 def index_pipeline(n: int, *, split: str, batch_size: int, seed: int, shard_index: int,
-                   shard_count: int, num_epochs: int | None, what: str) -> grain.MapDataset:
+                   shard_count: int, num_epochs: int | None, what: str,
+                   drop_remainder: bool = True) -> grain.MapDataset:
     """Shuffled, sharded, repeated, batched ids ``0..n-1`` (shared by LM and vision data)."""
     if split not in ("train", "val"):
         raise ValueError(f"split={split!r}; valid: ['train', 'val']")
@@ -107,7 +108,7 @@ def index_pipeline(n: int, *, split: str, batch_size: int, seed: int, shard_inde
     if num_epochs is not None and num_epochs < 1:
         raise ValueError(f"num_epochs={num_epochs} must be >= 1 or None")
     per_shard = n // shard_count
-    if per_shard < batch_size:
+    if per_shard < (batch_size if drop_remainder else 1):
         raise ValueError(f"the {split} split has {n} {what}, {per_shard} per shard "
                          f"(shard_count={shard_count}): fewer than batch_size={batch_size}")
     ds = grain.MapDataset.range(per_shard * shard_count)[shard_index::shard_count]
@@ -116,7 +117,7 @@ def index_pipeline(n: int, *, split: str, batch_size: int, seed: int, shard_inde
         ds = ds.repeat(None)
     elif num_epochs is not None and num_epochs > 1:
         ds = ds.repeat(num_epochs)
-    return ds.batch(batch_size, drop_remainder=True)
+    return ds.batch(batch_size, drop_remainder=drop_remainder)
 
 
 def to_iter(ds: grain.MapDataset, num_threads: int, prefetch: int) -> grain.IterDataset:
@@ -127,11 +128,14 @@ def to_iter(ds: grain.MapDataset, num_threads: int, prefetch: int) -> grain.Iter
 
 def lm_dataset(data_cfg: dict[str, Any], *, split: str, seq_len: int, batch_size: int,
                seed: int, shard_index: int = 0, shard_count: int = 1,
-               num_epochs: int | None = None) -> grain.IterDataset:
+               num_epochs: int | None = None, drop_remainder: bool = True
+               ) -> grain.IterDataset:
     """Batches ``{'inputs': int32[B, T], 'targets': int32[B, T]}`` of this process's rows.
 
-    ``num_epochs=None``: infinite for 'train', one pass for 'val'. ``iter(ds)`` gives a grain
-    ``DatasetIterator`` with ``get_state()`` / ``set_state()``.
+    ``num_epochs=None``: infinite for 'train', one pass for 'val'. With ``drop_remainder``
+    (default) every batch has ``batch_size`` rows and the last partial batch of a finite pass
+    is dropped. ``iter(ds)`` gives a grain ``DatasetIterator`` with ``get_state()`` /
+    ``set_state()``.
     """
     from optaxlab.data import resolve_data_cfg  # late: the package imports this module
 
@@ -143,6 +147,7 @@ def lm_dataset(data_cfg: dict[str, Any], *, split: str, seq_len: int, batch_size
     ds = index_pipeline(num_windows(n_tokens, seq_len), split=split, batch_size=batch_size,
                         seed=seed, shard_index=shard_index, shard_count=shard_count,
                         num_epochs=num_epochs,
-                        what=f"windows of {seq_len}+1 tokens ({n_tokens} tokens in {path})")
+                        what=f"windows of {seq_len}+1 tokens ({n_tokens} tokens in {path})",
+                        drop_remainder=drop_remainder)
     return to_iter(ds.map(WindowGather(path, dtype, seq_len)), cfg["num_threads"],
                    cfg["prefetch"])

@@ -118,11 +118,13 @@ def vision_arrays(cfg: dict[str, Any], split: str) -> tuple[np.ndarray, np.ndarr
 
 def vision_dataset(data_cfg: dict[str, Any], *, split: str, batch_size: int, seed: int,
                    shard_index: int = 0, shard_count: int = 1,
-                   num_epochs: int | None = None) -> grain.IterDataset:
+                   num_epochs: int | None = None, drop_remainder: bool = True
+                   ) -> grain.IterDataset:
     """Batches ``{'image': float32[B, H, W, C], 'label': int32[B]}`` of this process's rows.
 
-    ``num_epochs=None``: infinite for 'train', one pass for 'val' (the last partial batch is
-    dropped, so every batch has ``batch_size`` rows).
+    ``num_epochs=None``: infinite for 'train', one pass for 'val'. With ``drop_remainder``
+    (default) the last partial batch of a finite pass is dropped, so every batch has
+    ``batch_size`` rows; pass False to evaluate on every example.
     """
     from optaxlab.data import resolve_data_cfg  # late: the package imports this module
 
@@ -130,5 +132,6 @@ def vision_dataset(data_cfg: dict[str, Any], *, split: str, batch_size: int, see
     images, labels = vision_arrays(cfg, split)
     ds = lm.index_pipeline(len(labels), split=split, batch_size=batch_size, seed=seed,
                            shard_index=shard_index, shard_count=shard_count,
-                           num_epochs=num_epochs, what="images")
+                           num_epochs=num_epochs, what="images",
+                           drop_remainder=drop_remainder)
     return lm.to_iter(ds.map(ArrayGather(images, labels)), cfg["num_threads"], cfg["prefetch"])

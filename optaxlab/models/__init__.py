@@ -8,7 +8,10 @@ throughput / MFU reporting.
 Variables carry sharding annotations (mesh axes 'fsdp' and 'tensor'); derive shardings with
 ``nnx.get_named_sharding(nnx.state(model), mesh)``. When ``create`` runs with a global mesh set
 (``jax.set_mesh``), variables are sharded as they are created; otherwise they are created
-unsharded and only annotated.
+unsharded and only annotated. The models are written for pjit-style meshes whose axes are
+``jax.sharding.AxisType.Auto`` (``jax.make_mesh(..., axis_types=(AxisType.Auto,) * 3)``);
+under ``Explicit`` axes (jax.make_mesh's default) the embedding gather has no unambiguous
+output sharding and jax raises.
 """
 
 from __future__ import annotations
