@@ -192,10 +192,15 @@ def stdlib_corpus_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def ensure_stdlib_corpus(cache_dir: str | os.PathLike | None = None, *,
-                         max_train_bytes: int = STDLIB_MAX_TRAIN_BYTES,
-                         max_val_bytes: int = STDLIB_MAX_VAL_BYTES,
+                         max_train_bytes: int | None = None, max_val_bytes: int | None = None,
                          verbose: bool = True) -> Path:
-    """Builds the stdlib corpus into the cache on first use; returns its folder."""
+    """Builds the stdlib corpus into the cache on first use; returns its folder.
+
+    The caps default to ``STDLIB_MAX_TRAIN_BYTES`` / ``STDLIB_MAX_VAL_BYTES``; they only
+    matter for the first build (an existing corpus in the cache is reused as is).
+    """
+    max_train_bytes = STDLIB_MAX_TRAIN_BYTES if max_train_bytes is None else max_train_bytes
+    max_val_bytes = STDLIB_MAX_VAL_BYTES if max_val_bytes is None else max_val_bytes
     out = stdlib_corpus_dir(cache_dir)
     if (out / "meta.json").exists():
         return out

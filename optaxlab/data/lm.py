@@ -140,6 +140,8 @@ def lm_dataset(data_cfg: dict[str, Any], *, split: str, seq_len: int, batch_size
     from optaxlab.data import resolve_data_cfg  # late: the package imports this module
 
     cfg = resolve_data_cfg(data_cfg)
+    if split not in ("train", "val"):
+        raise ValueError(f"split={split!r}; valid: ['train', 'val']")
     if seq_len < 1:
         raise ValueError(f"seq_len={seq_len} must be >= 1")
     path, dtype = token_file(cfg, split)
