@@ -114,8 +114,15 @@ def stable_tail_index(x, k1: int | None = None) -> float:
         k1 = int(np.sqrt(n))
     if not 2 <= k1 <= n // 2:
         raise ValueError(f"k1={k1!r} is invalid: it must lie in [2, N/2={n // 2}].")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("x has non-finite values; the estimator needs finite samples.")
     k2 = n // k1
     x = x[: k1 * k2]
     y = x.reshape(k2, k1).sum(1)
-    inv_alpha = (np.mean(np.log(np.abs(y))) - np.mean(np.log(np.abs(x)))) / np.log(k1)
+    tiny = np.finfo(np.float64).tiny  # exact zeros (float round-off of a continuous law)
+
+    def mean_log_abs(a):
+        return np.mean(np.log(np.maximum(np.abs(a), tiny)))
+
+    inv_alpha = (mean_log_abs(y) - mean_log_abs(x)) / np.log(k1)
     return float(1.0 / inv_alpha)

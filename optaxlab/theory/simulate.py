@@ -207,8 +207,11 @@ def sample_symmetric_stable(key, alpha, shape, dtype=jnp.float32, scale=1.0):
     V ~ U(-pi/2, pi/2), W ~ Exp(1). alpha = 2 gives N(0, 2 scale^2), alpha = 1 Cauchy.
     """
     kv, kw = jax.random.split(key)
-    v = jax.random.uniform(kv, shape, dtype, -jnp.pi / 2, jnp.pi / 2)
-    w = jax.random.exponential(kw, shape, dtype)
+    # Open interval: cos(V) > 0 and W > 0 (the endpoints give inf/nan in floating point).
+    half = jnp.asarray(jnp.pi / 2, dtype)
+    edge = jnp.nextafter(half, jnp.asarray(0, dtype))
+    v = jax.random.uniform(kv, shape, dtype, -edge, edge)
+    w = jnp.maximum(jax.random.exponential(kw, shape, dtype), jnp.finfo(dtype).tiny)
     a = jnp.asarray(alpha, dtype)
     x = (
         jnp.sin(a * v)
