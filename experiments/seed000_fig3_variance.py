@@ -1,4 +1,4 @@
-"""Seed 000, Fig. 3 (theory half): Var[Delta] and Var[|Delta|] against m, Monte Carlo vs closed form.
+"""Seed 000, Fig. 3 (theory half): Var[Delta] and Var[|Delta|] vs m, Monte Carlo vs closed form.
 
 The theory model's update has Var[Delta] = 1 for every m (Corollary 1) and
 Var[|Delta|] = 1 - 4m Gamma(m/2)^2 / ((m-1)^2 pi Gamma((m-1)/2)^2) (Corollary 2), rising from

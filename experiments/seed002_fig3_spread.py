@@ -1,4 +1,4 @@
-"""Seed 002, Fig. 3: gradient spread on f(x) = x^2 (full batch), Adam b1 = b2 = 0.99 vs SGD momentum.
+"""Seed 002, Fig. 3: gradient spread on f(x) = x^2 (full batch), Adam b1 = b2 = 0.99 vs SGD+mom.
 
 Both optimizers start at x0 = 1. For each step we measure the normalized step |Delta_t| =
 |x_t - x_{t-1}| / lr, the gradient |f'(x_t)| and the spread gamma_t = sqrt(v_t - m_t^2)/|m_t| from

@@ -10,7 +10,7 @@ Stochastic gradients sample rows of the design matrix A = H^(1/2) (symmetric, bl
 f(w) = 1/2 ||A w||^2 = 1/2 sum_i (a_i^T w)^2, and a batch S of B rows (without replacement)
 gives the unbiased estimate g = (9/B) A_S^T A_S w.
 
-`run_quadratic` trains any optimizer on it for a grid of learning rates and seeds at once
+`run_quadratic` trains any optimizer on it for a grid of hyperparameters and seeds at once
 (vmapped), recording the loss and, optionally, the per-block mean of the equal-beta variance
 estimate s_t^2 = v_t - m_t^2 (seed 004 Fig. 6, second row).
 """
@@ -127,7 +127,7 @@ def stochastic_gradient(q: ToyQuadratic, w: jax.Array, key: jax.Array, batch_siz
 def run_quadratic(
     q: ToyQuadratic,
     make_transform: Callable[[jax.Array], optax.GradientTransformation],
-    learning_rates: Sequence[float] | jax.Array,
+    configs: Sequence[float] | Sequence[Sequence[float]] | jax.Array,
     *,
     steps: int = 1000,
     seeds: Sequence[int] = (0,),
@@ -136,13 +136,15 @@ def run_quadratic(
     track_beta: float | None = None,
     record_every: int = 1,
 ) -> dict[str, jax.Array]:
-    """Optimizes f with `make_transform(lr)` for every lr x seed (vmapped, one compile).
+    """Optimizes f with `make_transform(config)` for every config x seed (vmapped, one compile).
 
     Args:
       q: the quadratic.
-      make_transform: lr (a traced scalar) -> optax.GradientTransformation whose update already
-        includes -lr (e.g. `lambda lr: optimizers.create('signum', lr, beta=0.9)`).
-      learning_rates: grid of learning rates.
+      make_transform: config (a traced row of `configs`) -> optax.GradientTransformation whose
+        update already includes -lr, e.g. `lambda lr: optimizers.create('signum', lr)` for a 1-D
+        grid of learning rates, or `lambda c: optimizers.create('signum', c[0], beta=c[1])` for
+        rows (lr, beta).
+      configs: (n_configs,) or (n_configs, k) hyperparameter grid (typically learning rates).
       steps: optimization steps.
       seeds: each seed draws w0 ~ N(0, w0_scale^2 I) and the row-sampling stream.
       batch_size: rows per stochastic gradient; None for the full (deterministic) gradient.
@@ -152,22 +154,22 @@ def run_quadratic(
       record_every: keep the loss every this many steps.
 
     Returns:
-      dict with 'loss' (n_lr, n_seeds, steps // record_every + 1) (entry 0 is the initial loss),
-      'steps' the matching step numbers, and with track_beta 'block_var'
-      (n_lr, n_seeds, steps // record_every, blocks).
+      dict with 'loss' (n_configs, n_seeds, steps // record_every + 1) (entry 0 is the initial
+      loss), 'steps' the matching step numbers, and with track_beta 'block_var'
+      (n_configs, n_seeds, steps // record_every, blocks).
     """
     if batch_size is not None and not 1 <= batch_size <= q.hessian.shape[0]:
         raise ValueError(f"batch_size={batch_size!r} is invalid: use None or [1, d].")
     if steps % record_every:
         raise ValueError(f"record_every={record_every} must divide steps={steps}.")
-    lrs = jnp.asarray(learning_rates, q.hessian.dtype)
-    if lrs.ndim != 1:
-        raise ValueError(f"learning_rates must be 1-D, got shape {lrs.shape}.")
+    cfg = jnp.asarray(configs, q.hessian.dtype)
+    if cfg.ndim not in (1, 2) or cfg.shape[0] < 1:
+        raise ValueError(f"configs must be (n,) or (n, k) with n >= 1, got shape {cfg.shape}.")
     nb = q.eigenvalues.shape[0]
     d = q.hessian.shape[0]
 
-    def one(lr, seed):
-        tx = make_transform(lr)
+    def one(c, seed):
+        tx = make_transform(c)
         kw, kg = jax.random.split(jax.random.key(seed))
         w0 = w0_scale * jax.random.normal(kw, (d,), q.hessian.dtype)
 
@@ -200,6 +202,6 @@ def run_quadratic(
 
     seeds_arr = jnp.asarray(seeds, jnp.uint32)
     run = jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None)))
-    out = run(lrs, seeds_arr)
+    out = run(cfg, seeds_arr)
     out["steps"] = jnp.arange(0, steps + 1, record_every)
     return out
