@@ -70,7 +70,7 @@ def test_report_renders_the_three_figure_kinds(tmp_path, capsys):
     hists = report.load_histograms(report._accumulator(workdir / "tensorboard"))
     assert sorted(hists) == ["mlp/bias", "mlp/kernel"]
     counts, edges = hists["mlp/kernel"][3]
-    np.testing.assert_array_equal(counts, logged[3]["delta_hist/mlp/kernel"])
+    np.testing.assert_array_equal(counts, monitor.layer_row(logged[3], "delta_hist", "mlp/kernel"))
     np.testing.assert_allclose(edges, monitor.settings(monitor.default_config()).edges(), 1e-6)
     scalars = report.load_scalars(workdir)
     steps, m_eff = scalars["theory/m_eff"]

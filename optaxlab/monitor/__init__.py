@@ -22,7 +22,14 @@ With `every = 0` the trainer never calls `measure`, so the compiled step has no 
 
 from optaxlab.monitor.config import Settings, default_config, settings
 from optaxlab.monitor.overlay import summarize, theory_at, tv_distance
-from optaxlab.monitor.stats import LAYER_FIELDS, find_moments, layer_groups, measure
+from optaxlab.monitor.stats import (
+    LAYER_FIELDS,
+    find_moments,
+    layer_groups,
+    layer_names,
+    layer_row,
+    measure,
+)
 from optaxlab.monitor.writer import IMAGE_TAG, write
 
 __all__ = [
@@ -32,6 +39,8 @@ __all__ = [
     "default_config",
     "find_moments",
     "layer_groups",
+    "layer_names",
+    "layer_row",
     "measure",
     "settings",
     "summarize",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 
 import ml_collections
@@ -70,6 +71,13 @@ def default_config() -> ml_collections.ConfigDict:
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _edges(r: float, bins: int) -> np.ndarray:
+    e = np.linspace(-r, r, bins + 1)
+    e.flags.writeable = False
+    return e
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Validated, hashable view of `config.monitor` (python values only)."""
@@ -92,9 +100,8 @@ class Settings:
     image_max_layers: int
 
     def edges(self, kind: str = "delta") -> np.ndarray:
-        """The bins + 1 bin edges (float64) of the 'delta' or 'grad' histogram."""
-        r = self.delta_range if kind == "delta" else self.grad_range
-        return np.linspace(-r, r, self.bins + 1)
+        """The bins + 1 bin edges (float64, read-only) of the 'delta' or 'grad' histogram."""
+        return _edges(self.delta_range if kind == "delta" else self.grad_range, self.bins)
 
     def selected(self, name: str) -> bool:
         """Whether a layer name passes the include/exclude filters."""

@@ -44,6 +44,7 @@ hold the theory's values at this step: m_eff, var_abs, kurtosis, bimodality, tai
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 
 import jax
@@ -51,7 +52,7 @@ import numpy as np
 
 from optaxlab import theory
 from optaxlab.monitor.config import Settings, settings
-from optaxlab.monitor.stats import FIELD
+from optaxlab.monitor.stats import FIELD, layer_names
 
 PER_LAYER_METRICS = (
     "update_var",
@@ -73,8 +74,8 @@ PER_LAYER_METRICS = (
 
 
 def layers(stats: Mapping[str, np.ndarray]) -> list[str]:
-    """The monitored layer names found in a stats dict, in order."""
-    return [k[len("stats/") :] for k in stats if k.startswith("stats/")]
+    """The monitored layer names of a stats dict, in row order."""
+    return layer_names(stats)
 
 
 def theory_b2(stats: Mapping[str, np.ndarray], config) -> float | None:
@@ -92,84 +93,93 @@ def _cpu():
     return jax.devices("cpu")[0]
 
 
+_BLOCK = 64  # theory predictions are computed for 64 consecutive steps at a time
+
+
 @jax.jit
-def _theory_at(edges, b2, t, tail):
-    m = theory.effective_sample_size(b2, t)
-    probs = theory.update_bin_probs(edges, m)
+def _theory_block(edges, b2, t, tail):
+    m = theory.effective_sample_size(b2, t)  # (K,)
+    probs = theory.update_bin_probs(edges[None, :], m)  # (K, bins)
     under = theory.update_cdf(edges[0], m)
-    over = 1.0 - under - probs.sum()
     tail_mass = 1.0 - (theory.update_cdf(tail, m) - theory.update_cdf(-tail, m))
-    return m, probs, under, over, theory.abs_update_variance(m), tail_mass
+    return m, probs, under, theory.abs_update_variance(m), tail_mass
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)
+def _theory_steps(b2: float, first: int, r: float, bins: int, tail: float):
+    edges = np.linspace(-r, r, bins + 1).astype(np.float32)
+    t = np.arange(first, first + _BLOCK, dtype=np.float32)
+    with jax.default_device(_cpu()):
+        m, probs, under, var_abs, tail_mass = jax.device_get(
+            _theory_block(edges, np.float32(b2), t, np.float32(tail))
+        )
+    probs = np.asarray(probs, np.float64)
+    under = np.asarray(under, np.float64)[:, None]
+    over = 1.0 - under - probs.sum(axis=1, keepdims=True)
+    masses = np.clip(np.concatenate([under, probs, over], axis=1), 0.0, None)
+    masses /= masses.sum(axis=1, keepdims=True)
+    return np.asarray(m, np.float64), masses, np.asarray(var_abs), np.asarray(tail_mass)
+
+
 def theory_at(b2: float, t: int, r: float, bins: int, tail: float) -> dict[str, object]:
     """The theory's prediction at step t for EMA decay b2 (computed on the CPU, cached).
 
     Returns m_eff, the bins + 2 masses (underflow, the bins of [-r, r), overflow), Var[|Delta|],
     kurtosis 3m/(m+2) and bimodality (m+2)/(3m) of f_m (from the Beta(1/2, (m-1)/2) law of
-    Delta^2/m: E[Delta^4] = 3m/(m+2)), and P(|Delta| > tail).
+    Delta^2/m: E[Delta^4] = 3m/(m+2)), and P(|Delta| > tail). Computed for a block of 64 steps
+    in one call and cached, so the per-step host cost is a lookup.
     """
-    edges = np.linspace(-r, r, bins + 1)
-    with jax.default_device(_cpu()):
-        m, probs, under, over, var_abs, tail_mass = jax.device_get(
-            _theory_at(
-                np.asarray(edges, np.float32),
-                np.float32(b2),
-                np.float32(max(t, 1)),
-                np.float32(tail),
-            )
-        )
-    m = float(m)
-    masses = np.concatenate([[under], probs, [over]]).astype(np.float64)
-    masses = np.clip(masses, 0.0, None)
-    masses /= masses.sum()
-    kurt = 3.0 * m / (m + 2.0)
+    t = max(int(t), 1)
+    first = (t - 1) // _BLOCK * _BLOCK + 1
+    m, masses, var_abs, tail_mass = _theory_steps(
+        float(b2), first, float(r), int(bins), float(tail)
+    )
+    i = t - first
+    kurt = 3.0 * m[i] / (m[i] + 2.0)
     return dict(
-        m_eff=m,
-        masses=masses,
-        var_abs=float(var_abs),
-        kurtosis=kurt,
-        bimodality=1.0 / kurt,
-        tail=float(tail_mass),
+        m_eff=float(m[i]),
+        masses=masses[i],
+        var_abs=float(var_abs[i]),
+        kurtosis=float(kurt),
+        bimodality=float(1.0 / kurt),
+        tail=float(tail_mass[i]),
     )
 
 
-def _moments(v: np.ndarray) -> dict[str, float]:
-    """Derived scalars from one layer's raw sums (float64)."""
-    f = lambda k: float(v[FIELD[k]])
-    out: dict[str, float] = {}
-    n = f("n") - f("d_nan")
-    if n > 0:
+def _derive(v: np.ndarray) -> dict[str, np.ndarray]:
+    """Derived scalars from raw sums v[..., FIELD] (float64), vectorized over layers.
+
+    Undefined values (no coordinates, zero variance, no moment state) come out as NaN.
+    """
+    f = lambda k: v[..., FIELD[k]]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        n = f("n") - f("d_nan")
+        n = np.where(n > 0, n, np.nan)
         mean, m2 = f("d_sum") / n, f("d_sum2") / n
         m3, m4, mabs = f("d_sum3") / n, f("d_sum4") / n, f("d_sumabs") / n
-        var = max(m2 - mean * mean, 0.0)
-        out["update_var"] = var
-        out["update_var_abs"] = max(m2 - mabs * mabs, 0.0)
-        out["update_mean_abs"] = mabs
-        out["update_mean"] = mean
-        out["shape_tail"] = f("d_tail") / n
-        if var > 0:
-            c3 = m3 - 3 * mean * m2 + 2 * mean**3
-            c4 = m4 - 4 * mean * m3 + 6 * mean**2 * m2 - 3 * mean**4
-            skew, kurt = c3 / var**1.5, max(c4, 0.0) / var**2
-            out["shape_skew"] = skew
-            out["shape_kurtosis"] = kurt
-            if kurt > 0:
-                out["shape_bimodality"] = (skew * skew + 1.0) / kurt
-    if f("p_sum2") > 0:
-        out["update_param_rms"] = float(np.sqrt(f("u_sum2") / f("p_sum2")))
-    out["grad_norm"] = float(np.sqrt(max(f("g_sum2"), 0.0)))
-    for name, (total, count) in dict(
-        spread=("spread_sum", "spread_n"),
-        spread_step=("step_sum", "step_n"),
-        snr=("snr_sum", "snr_n"),
-    ).items():
-        if f(count) > 0:
-            out[name] = f(total) / f(count)
-    if f("spread_n") > 0:
-        out["spread_geo"] = float(np.exp(f("spread_logsum") / f("spread_n")))
-    return out
+        var = np.maximum(m2 - mean * mean, 0.0)
+        pos_var = np.where(var > 0, var, np.nan)
+        c3 = m3 - 3 * mean * m2 + 2 * mean**3
+        c4 = m4 - 4 * mean * m3 + 6 * mean**2 * m2 - 3 * mean**4
+        skew = c3 / pos_var**1.5
+        kurt = np.maximum(c4, 0.0) / pos_var**2
+        ratio = lambda a, b: f(a) / np.where(f(b) > 0, f(b), np.nan)
+        return dict(
+            update_var=var,
+            update_var_abs=np.maximum(m2 - mabs * mabs, 0.0),
+            update_mean_abs=mabs,
+            update_mean=mean,
+            update_param_rms=np.sqrt(ratio("u_sum2", "p_sum2")),
+            grad_norm=np.sqrt(np.maximum(f("g_sum2"), 0.0)),
+            spread=ratio("spread_sum", "spread_n"),
+            spread_geo=np.exp(ratio("spread_logsum", "spread_n")),
+            spread_step=ratio("step_sum", "step_n"),
+            snr=ratio("snr_sum", "snr_n"),
+            shape_skew=skew,
+            shape_kurtosis=kurt,
+            shape_bimodality=(skew * skew + 1.0) / np.where(kurt > 0, kurt, np.nan),
+            shape_tail=f("d_tail") / n,
+        )
 
 
 def tv_distance(counts: np.ndarray, masses: np.ndarray) -> float:
@@ -184,34 +194,30 @@ def tv_distance(counts: np.ndarray, masses: np.ndarray) -> float:
 def summarize(stats: Mapping[str, np.ndarray], config) -> dict[str, float]:
     """Flat dict of finite float scalars (tags as keys) from the host copy of `measure`'s output."""
     s: Settings = settings(config)
-    stats = {k: np.asarray(v) for k, v in stats.items()}
-    step = int(stats["step"]) if "step" in stats else 0
+    step = int(np.asarray(stats["step"])) if "step" in stats else 0
     names = layers(stats)
     b2 = theory_b2(stats, s) if s.theory else None
     th = None
     if b2 is not None and s.delta_scale == "none" and step >= 1:
         th = theory_at(b2, step, float(s.delta_range), s.bins, float(s.tail))
     out: dict[str, float] = {}
-    pooled = np.zeros(len(FIELD))
-    pooled_hist = None
-    for layer in names:
-        v = stats[f"stats/{layer}"].astype(np.float64)
-        for k, x in _moments(v).items():
-            out[f"{k}/{layer}"] = x
-        pooled += v
-        hist = stats.get(f"delta_hist/{layer}")
-        if hist is not None:
-            pooled_hist = hist.astype(np.float64) + (0 if pooled_hist is None else pooled_hist)
-            if th is not None:
-                out[f"theory_tv/{layer}"] = tv_distance(hist, th["masses"])
     if names:
-        for k, x in _moments(pooled).items():
+        v = np.asarray(stats["stats"], np.float64)
+        per_layer, total = _derive(v), _derive(v.sum(axis=0))  # min/max columns unused
+        if th is not None and "delta_hist" in stats:
+            h = np.asarray(stats["delta_hist"], np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                p = h / h.sum(axis=1, keepdims=True)
+            per_layer["theory_tv"] = 0.5 * np.abs(p - th["masses"]).sum(axis=1)
+            total["theory_tv"] = tv_distance(h.sum(axis=0), th["masses"])
+        for k, col in per_layer.items():
+            for n, x in zip(names, col.tolist(), strict=True):
+                out[f"{k}/{n}"] = x
+        for k, x in total.items():
             if not k.startswith("shape_"):
-                out[f"monitor/{k}"] = x
-        if th is not None and pooled_hist is not None:
-            out["monitor/theory_tv"] = tv_distance(pooled_hist, th["masses"])
+                out[f"monitor/{k}"] = float(x)
     if "learning_rate" in stats:
-        out["monitor/learning_rate"] = float(stats["learning_rate"])
+        out["monitor/learning_rate"] = float(np.asarray(stats["learning_rate"]))
     if th is not None:
         out["theory/m_eff"] = th["m_eff"]
         out["theory/update_var"] = 1.0
@@ -219,4 +225,4 @@ def summarize(stats: Mapping[str, np.ndarray], config) -> dict[str, float]:
         out["theory/shape_kurtosis"] = th["kurtosis"]
         out["theory/shape_bimodality"] = th["bimodality"]
         out["theory/shape_tail"] = th["tail"]
-    return {k: float(x) for k, x in out.items() if np.isfinite(x)}
+    return {k: x for k, x in out.items() if math.isfinite(x)}

@@ -13,11 +13,13 @@ them into variances, skewness, distances in float64 (`optaxlab.monitor.overlay.s
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from optaxlab import theory
 from optaxlab.monitor.config import Settings, settings
@@ -252,10 +254,11 @@ def measure(grads, updates, params, opt_state, learning_rate, step, config) -> d
       config: the static `config.monitor` block.
 
     Returns:
-      A flat dict of small arrays: 'step', 'learning_rate', optionally 'hparam_b2';
-      per layer 'stats/<layer>' (float32[len(LAYER_FIELDS)], raw sums in LAYER_FIELDS order),
-      and with histograms on 'delta_hist/<layer>', 'grad_hist/<layer>' (int32[bins + 2]:
-      underflow, bins, overflow).
+      A flat dict of a few small arrays (few arrays: the host fetches them cheaply):
+      'step', 'learning_rate', optionally 'hparam_b2'; 'layout' (int32 id of the layer-name
+      list, see `layer_names`); 'stats' (float32[L, len(LAYER_FIELDS)], raw sums per layer in
+      LAYER_FIELDS order); with histograms on, 'delta_hist' and 'grad_hist' (int32[L, bins + 2]:
+      underflow, the bins, overflow).
     """
     s = settings(config)
     groups = layer_groups(params, s)
@@ -279,7 +282,8 @@ def measure(grads, updates, params, opt_state, learning_rate, step, config) -> d
     }
     if hp_b2 is not None:
         out["hparam_b2"] = jnp.asarray(hp_b2, jnp.float32)
-    for layer, names in groups.items():
+    rows, dhs, ghs = [], [], []
+    for names in groups.values():
         acc = dh = gh = None
         for k in names:
             v, h1, h2 = _leaf_stats(gl[k], ul[k], pl[k], pairs.get(k), lr, corr, s)
@@ -287,8 +291,43 @@ def measure(grads, updates, params, opt_state, learning_rate, step, config) -> d
             if h1 is not None:
                 dh = h1 if dh is None else dh + h1
                 gh = h2 if gh is None else gh + h2
-        out[f"stats/{layer}"] = jnp.stack([acc[k] for k in LAYER_FIELDS])
+        rows.append(jnp.stack([acc[k] for k in LAYER_FIELDS]))
         if dh is not None:
-            out[f"delta_hist/{layer}"] = dh[: s.bins + 2]
-            out[f"grad_hist/{layer}"] = gh[: s.bins + 2]
+            dhs.append(dh[: s.bins + 2])
+            ghs.append(gh[: s.bins + 2])
+    out["layout"] = jnp.asarray(register_layout(tuple(groups)), jnp.int32)
+    out["stats"] = jnp.stack(rows) if rows else jnp.zeros((0, len(LAYER_FIELDS)), jnp.float32)
+    if s.histograms:
+        empty = jnp.zeros((0, s.bins + 2), jnp.int32)
+        out["delta_hist"] = jnp.stack(dhs) if dhs else empty
+        out["grad_hist"] = jnp.stack(ghs) if ghs else empty
     return out
+
+
+# Layer names are static (python strings): `measure` registers them at trace time under a
+# 31-bit id that travels with the arrays, and the host side (`write`, in the same process) looks
+# them up. Unknown ids (stats from another process) get positional names layer0, layer1, ...
+_LAYOUTS: dict[int, tuple[str, ...]] = {}
+
+
+def register_layout(names: tuple[str, ...]) -> int:
+    """The id of a layer-name list (crc32 of the names), remembered for `layer_names`."""
+    lid = zlib.crc32("\n".join(names).encode()) & 0x7FFFFFFF
+    _LAYOUTS[lid] = tuple(names)
+    return lid
+
+
+def layer_names(stats: Mapping[str, Any]) -> list[str]:
+    """The layer names of a `measure` output, row order of 'stats' / 'delta_hist'."""
+    if "stats" not in stats:
+        return []
+    n = int(np.shape(stats["stats"])[0])
+    names = _LAYOUTS.get(int(np.asarray(stats.get("layout", -1))))
+    if names is None or len(names) != n:
+        return [f"layer{i}" for i in range(n)]
+    return list(names)
+
+
+def layer_row(stats: Mapping[str, Any], key: str, layer: str) -> np.ndarray:
+    """One layer's row of stats[key] ('stats', 'delta_hist' or 'grad_hist') as numpy."""
+    return np.asarray(stats[key])[layer_names(stats).index(layer)]

@@ -11,65 +11,54 @@ values), which costs far less than one event per value. Tags:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
 
 from optaxlab.monitor import overlay, plots
 from optaxlab.monitor.config import settings
-from optaxlab.monitor.stats import FIELD
+from optaxlab.monitor.stats import FIELD, layer_names
 
 IMAGE_TAG = "update_vs_theory"
 
 
-def _histo(tag: str, counts, edges, lo, hi, num, total, total_sq):
-    from tensorboardX.proto.summary_pb2 import HistogramProto, Summary
-
-    limits = np.concatenate([edges, [edges[-1] + (edges[-1] - edges[-2])]])
-    h = HistogramProto(
-        min=float(lo),
-        max=float(hi),
-        num=float(num),
-        sum=float(total),
-        sum_squares=float(total_sq),
-        bucket_limit=limits.tolist(),
-        bucket=np.asarray(counts, np.float64).tolist(),
-    )
-    return Summary.Value(tag=tag, histo=h)
+@functools.lru_cache(maxsize=16)
+def _limits(edges_key: tuple[float, int]) -> list[float]:
+    r, bins = edges_key
+    e = np.linspace(-r, r, bins + 1)
+    return np.concatenate([e, [e[-1] + (e[-1] - e[-2])]]).tolist()
 
 
 def histogram_values(stats: Mapping[str, np.ndarray], config) -> list:
     """`Summary.Value`s of the per-layer update and gradient histograms.
 
-    Buckets: underflow (right limit -R), the bins, overflow; TensorBoard takes the outer edges
-    of the first/last non-empty bucket from min/max.
+    Buckets: underflow (right limit -R), the bins, overflow (right limit R + width); TensorBoard
+    takes the outer edges of the first/last non-empty bucket from min/max.
     """
+    from tensorboardX.proto.summary_pb2 import HistogramProto, Summary
+
     s = settings(config)
+    if "delta_hist" not in stats:
+        return []
+    v = np.asarray(stats["stats"], np.float64)
     out = []
-    for layer in overlay.layers(stats):
-        if f"delta_hist/{layer}" not in stats:
-            continue
-        v = np.asarray(stats[f"stats/{layer}"], np.float64)
-        for kind, prefix, hist_key, p in (
-            ("delta", "update_hist", "delta_hist", "d"),
-            ("grad", "grad_hist", "grad_hist", "gn"),
+    for prefix, key, r, p, q in (
+        ("update_hist", "delta_hist", s.delta_range, "d", "dn"),
+        ("grad_hist", "grad_hist", s.grad_range, "gn", "gn"),
+    ):
+        limits = _limits((float(r), s.bins))
+        counts = np.asarray(stats[key])
+        cols = v[:, [FIELD[f"{p}_min"], FIELD[f"{p}_max"], FIELD[f"{q}_sum"], FIELD[f"{q}_sum2"]]]
+        template = HistogramProto(bucket_limit=limits)
+        for name, c, (lo, hi, total, total_sq) in zip(
+            layer_names(stats), counts.tolist(), cols.tolist(), strict=True
         ):
-            counts = np.asarray(stats[f"{hist_key}/{layer}"])
-            lo, hi = v[FIELD[f"{p}_min"]], v[FIELD[f"{p}_max"]]
-            q = "dn" if p == "d" else p
-            total, total_sq = v[FIELD[f"{q}_sum"]], v[FIELD[f"{q}_sum2"]]
-            out.append(
-                _histo(
-                    f"{prefix}/{layer}",
-                    counts,
-                    s.edges(kind),
-                    lo,
-                    hi,
-                    counts.sum(),
-                    total,
-                    total_sq,
-                )
-            )
+            h = HistogramProto()
+            h.CopyFrom(template)  # the limits are the same every step: copy, don't rebuild
+            h.bucket.extend(c)
+            h.min, h.max, h.num, h.sum, h.sum_squares = lo, hi, float(sum(c)), total, total_sq
+            out.append(Summary.Value(tag=f"{prefix}/{name}", histo=h))
     return out
 
 
@@ -77,8 +66,8 @@ def image(stats: Mapping[str, np.ndarray], config, scalars: Mapping[str, float])
     """uint8[H, W, 3]: the "histogram vs theory" figure of this step (first image_max_layers)."""
     s = settings(config)
     step = int(np.asarray(stats["step"]))
-    names = [n for n in overlay.layers(stats) if f"delta_hist/{n}" in stats]
-    hists = {n: np.asarray(stats[f"delta_hist/{n}"]) for n in names}
+    names = layer_names(stats)
+    hists = dict(zip(names, np.asarray(stats["delta_hist"]), strict=True))
     tvs = {n: scalars[f"theory_tv/{n}"] for n in names if f"theory_tv/{n}" in scalars}
     fig = plots.layer_grid(
         hists, s.edges("delta"), scalars.get("theory/m_eff"), step, tvs, s.image_max_layers
@@ -117,6 +106,6 @@ def write(tb_writer, step: int, stats: Mapping[str, np.ndarray], config) -> dict
             h = hv.histo
             args = (h.min, h.max, h.num, h.sum, h.sum_squares, list(h.bucket_limit))
             tb_writer.add_histogram_raw(hv.tag, *args, list(h.bucket), int(step))
-    if s.histograms and int(step) in s.image_steps and overlay.layers(stats):
+    if "delta_hist" in stats and int(step) in s.image_steps and layer_names(stats):
         tb_writer.add_image(IMAGE_TAG, image(stats, s, scalars), int(step), dataformats="HWC")
     return scalars

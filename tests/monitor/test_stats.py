@@ -85,7 +85,8 @@ def test_counts_sum_and_equal_numpy_histogram():
         d = np.asarray(flat_u[name], np.float32) / np.float32(lr)  # Delta outside the step
         gn = np.asarray(flat_g[name], np.float64)
         gn = gn / np.sqrt(np.mean(gn**2))
-        dh, gh = stats[f"delta_hist/{name}"], stats[f"grad_hist/{name}"]
+        dh = monitor.layer_row(stats, "delta_hist", name)
+        gh = monitor.layer_row(stats, "grad_hist", name)
         assert dh.shape == (cfg.bins + 2,) and dh.dtype == np.int32
         assert dh.sum() == d.size and gh.sum() == d.size
         ref_d, ref_g = _np_hist(d, 1.0, cfg.bins), _np_hist(gn, 6.0, cfg.bins)
@@ -94,7 +95,7 @@ def test_counts_sum_and_equal_numpy_histogram():
         # edge (a moved value changes two bins by one each).
         assert np.abs(dh - ref_d).sum() <= 2 * _near_edge(d, 1.0, cfg.bins)
         assert np.abs(gh - ref_g).sum() <= 2 * _near_edge(gn, 6.0, cfg.bins)
-        v = stats[f"stats/{name}"]
+        v = monitor.layer_row(stats, "stats", name)
         assert v[FIELD["n"]] == d.size
         np.testing.assert_allclose(v[FIELD["d_sum2"]], np.sum(d.astype(np.float64) ** 2), 1e-4)
         np.testing.assert_allclose(v[FIELD["d_min"]], d.min(), 1e-6)
@@ -110,9 +111,10 @@ def test_nan_and_lr_zero():
     u = {"w": jnp.full((10, 10), 0.5).at[0, :3].set(jnp.nan)}
     g = {"w": jnp.ones((10, 10))}
     out = _measure(g, u, params, (), 0.0, 1, cfg)
-    h = out["delta_hist/w"]
+    assert monitor.layer_names(out) == ["w"]
+    h = out["delta_hist"][0]
     assert h.sum() == 97  # NaN coordinates are not binned
-    assert out["stats/w"][FIELD["d_nan"]] == 3
+    assert out["stats"][0, FIELD["d_nan"]] == 3
     center = (0.5 + cfg.delta_range) * cfg.bins / (2 * cfg.delta_range)
     assert h[int(np.floor(center)) + 1] == 97  # lr = 0: Delta = updates
 
@@ -233,23 +235,20 @@ def test_filters_and_module_grouping():
     cfg.group = "module"
     cfg.exclude = "^embed"
     out = _measure(g, u, params, (), 0.01, 1, cfg)
-    assert sorted(k for k in out if k.startswith("stats/")) == ["stats/dense", "stats/out"]
+    assert monitor.layer_names(out) == ["dense", "out"]
     leaf = monitor.default_config()
     leaf.include = "dense"
     out2 = _measure(g, u, params, (), 0.01, 1, leaf)
-    assert sorted(k for k in out2 if k.startswith("stats/")) == [
-        "stats/dense/bias",
-        "stats/dense/kernel",
-    ]
-    np.testing.assert_array_equal(
-        out["delta_hist/dense"], out2["delta_hist/dense/bias"] + out2["delta_hist/dense/kernel"]
-    )
-    assert out["stats/dense"][FIELD["n"]] == 64 * 96 + 96
+    assert monitor.layer_names(out2) == ["dense/bias", "dense/kernel"]
+    assert out["delta_hist"].shape == (2, 65 + 2)
+    np.testing.assert_array_equal(out["delta_hist"][0], out2["delta_hist"].sum(axis=0))
+    assert monitor.layer_row(out, "stats", "dense")[FIELD["n"]] == 64 * 96 + 96
     # scalars only: no histogram arrays
     so = monitor.default_config()
     so.histograms = False
     out3 = _measure(g, u, params, (), 0.01, 1, so)
-    assert not any("hist" in k for k in out3) and "stats/out/kernel" in out3
+    assert not any("hist" in k for k in out3) and "out/kernel" in monitor.layer_names(out3)
+    assert out3["stats"].shape == (4, len(monitor.LAYER_FIELDS))
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,7 @@ def test_events_have_a_histogram_per_layer_per_logged_step(tmp_path):
         assert [e.step for e in events] == [1, 2, 4]
         for e in events:
             h = e.histogram_value
-            counts = logged[e.step][f"delta_hist/{layer}"]
+            counts = monitor.layer_row(logged[e.step], "delta_hist", layer)
             np.testing.assert_array_equal(h.bucket, counts)
             assert h.num == counts.sum() == np.prod(params_shape(params, layer))
             assert len(h.bucket_limit) == cfg.bins + 2
