@@ -127,8 +127,10 @@ def validate(config, *, num_devices: int, process_count: int = 1) -> Plan:
     if not config.grad_clip or config.grad_clip < 0:
         if config.grad_clip not in (0, 0.0, None):
             _fail("grad_clip", f"{config.grad_clip!r} must be >= 0 (0 turns clipping off)")
-    if config.monitor.get("every", 0) < 0:
-        _fail("monitor.every", f"{config.monitor.every!r} must be >= 0 (0 turns it off)")
+    try:
+        monitor.settings(config.monitor)
+    except ValueError as e:
+        raise ValueError(f"config.{e}") from e
 
     model_name = config.model.get("name")
     if model_name in LM_MODELS:
