@@ -146,7 +146,7 @@ def run_quadratic(
         rows (lr, beta).
       configs: (n_configs,) or (n_configs, k) hyperparameter grid (typically learning rates).
       steps: optimization steps.
-      seeds: each seed draws w0 ~ N(0, w0_scale^2 I) and the row-sampling stream.
+      seeds: each seed draws (numpy) w0 ~ N(0, w0_scale^2 I) and the batch rows of every step.
       batch_size: rows per stochastic gradient; None for the full (deterministic) gradient.
       track_beta: if set, also record the per-block mean of s_t^2 = v^_t - m^_t^2 from
         bias-corrected EMAs of g with this beta (exactly the variance estimate of Adam with
@@ -168,18 +168,27 @@ def run_quadratic(
     nb = q.eigenvalues.shape[0]
     d = q.hessian.shape[0]
 
-    def one(c, seed):
-        tx = make_transform(c)
-        kw, kg = jax.random.split(jax.random.key(seed))
-        w0 = w0_scale * jax.random.normal(kw, (d,), q.hessian.dtype)
+    def draws(seed):
+        """w0 and every step's batch rows, drawn on the host with numpy (no RNG to compile) and
+        shared by all configs (common random numbers)."""
+        rng = np.random.default_rng(seed)
+        w0 = w0_scale * rng.standard_normal(d)
+        if batch_size is None:
+            return w0, np.zeros((steps, 0), np.int32)
+        rows = np.argsort(rng.random((steps, d)), axis=1)[:, :batch_size]
+        return w0, rows.astype(np.int32)
 
-        def step(carry, t):
-            w, state, m, v, key = carry
-            key, sub = jax.random.split(key)
+    def one(c, w0, rows):
+        tx = make_transform(c)
+
+        def step(carry, xs):
+            w, state, m, v = carry
+            t, batch_rows = xs
             if batch_size is None:
                 g = full_gradient(q, w)
             else:
-                g = stochastic_gradient(q, w, sub, batch_size)
+                a_s = q.sqrt_hessian[batch_rows]
+                g = (d / batch_size) * a_s.T @ (a_s @ w)
             u, state = tx.update(g, state, w)
             w = optax.apply_updates(w, u)
             out = {"loss": quadratic_loss(q, w)}
@@ -190,18 +199,19 @@ def run_quadratic(
                 c = 1.0 - b ** t.astype(w.dtype)
                 s2 = jnp.maximum(v / c - (m / c) ** 2, 0.0)
                 out["block_var"] = jax.ops.segment_sum(s2, q.block_of, nb) / (d // nb)
-            return (w, state, m, v, key), out
+            return (w, state, m, v), out
 
         z = jnp.zeros_like(w0)
-        carry = (w0, tx.init(w0), z, z, kg)
+        carry = (w0, tx.init(w0), z, z)
         ts = jnp.arange(1, steps + 1)
-        _, ys = jax.lax.scan(step, carry, ts)
+        _, ys = jax.lax.scan(step, carry, (ts, rows))
         ys = jax.tree.map(lambda y: y[record_every - 1 :: record_every], ys)
         ys["loss"] = jnp.concatenate([quadratic_loss(q, w0)[None], ys["loss"]])
         return ys
 
-    seeds_arr = jnp.asarray(seeds, jnp.uint32)
-    run = jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None)))
-    out = run(cfg, seeds_arr)
+    w0s, rows = (np.stack(x) for x in zip(*(draws(int(s)) for s in seeds), strict=True))
+    w0s = jnp.asarray(w0s, q.hessian.dtype)
+    run = jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0, 0)), in_axes=(0, None, None)))
+    out = run(cfg, w0s, rows)
     out["steps"] = jnp.arange(0, steps + 1, record_every)
     return out
