@@ -160,9 +160,18 @@ def test_bfloat16_compute_keeps_float32_params():
     assert float(jnp.abs(a - b).max()) > 0  # really computed in bf16
 
 
+def test_dot_product_attention_impl_matches_einsum():
+    toks = _tokens()
+    a = _apply(_tiny(), toks)
+    b = _apply(_tiny(attention_impl="xla"), toks)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="compute_dtype"):
         _tiny(compute_dtype="float16")
+    with pytest.raises(ValueError, match="attention_impl='flash'"):
+        _tiny(attention_impl="flash")
     with pytest.raises(ValueError, match="divisible"):
         _tiny(d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="max_len"):
