@@ -36,6 +36,7 @@ __all__ = [
     "cauchy",
     "gaussian",
     "histogram_edges",
+    "make_simulator",
     "pareto",
     "resolve_transform",
     "sample_pareto",
@@ -61,7 +62,7 @@ class TheoryModelState(NamedTuple):
 def theory_model() -> optax.GradientTransformation:
     """Seed 000's theory model: u_t = g_t / sqrt((1/t) sum_{i<=t} g_i^2) (no momentum, eps = 0).
 
-    With iid N(0, 1) gradients u_t has the law `update_pdf(., m=t)`.
+    With iid N(0, 1) gradients u_t has the law `update_pdf(., m=t)`. 0/0 (all g_i = 0) gives 0.
     """
 
     def init_fn(params):
@@ -74,7 +75,11 @@ def theory_model() -> optax.GradientTransformation:
         count = state.count + 1
         sum_sq = jax.tree.map(lambda s, g: s + g * g, state.sum_sq, updates)
         updates = jax.tree.map(
-            lambda g, s: g / jnp.sqrt(s / count.astype(s.dtype)), updates, sum_sq
+            lambda g, s: jnp.where(
+                s > 0, g / jnp.sqrt(jnp.where(s > 0, s, 1.0) / count.astype(s.dtype)), 0.0
+            ),
+            updates,
+            sum_sq,
         )
         return updates, TheoryModelState(count, sum_sq)
 
@@ -323,13 +328,23 @@ def _moments(x):
     }
 
 
-def simulate(
+def simulate(*args, key: jax.Array | int = 0, **kwargs) -> SimulationResult:
+    """Monte Carlo of the normalized update of `transform` on n independent coordinates.
+
+    `simulate(transform, process, key=k, **kw)` is `make_simulator(transform, process, **kw)(k)`;
+    see `make_simulator` for the arguments (n, steps, learning_rate, hparams, bins, value_range,
+    keep_steps, spread_beta, params0, dtype). Build the simulator once with `make_simulator` to
+    run several keys without recompiling.
+    """
+    return make_simulator(*args, **kwargs)(key)
+
+
+def make_simulator(
     transform: str | optax.GradientTransformation = "theory",
     process: GradientProcess | None = None,
     *,
     n: int = 100_000,
     steps: int = 20,
-    key: jax.Array | int = 0,
     learning_rate: float = 1.0,
     hparams: dict[str, Any] | None = None,
     bins: int = 200,
@@ -338,8 +353,8 @@ def simulate(
     spread_beta: float | None = None,
     params0: jax.Array | None = None,
     dtype: Any = jnp.float32,
-) -> SimulationResult:
-    """Monte Carlo of the normalized update of `transform` on n independent coordinates.
+) -> Callable[[jax.Array | int], SimulationResult]:
+    """Builds a jitted Monte Carlo of the normalized update: `key -> SimulationResult`.
 
     Args:
       transform: 'theory' (default), 'adam_model', an `optaxlab.optimizers` name, or any
@@ -347,7 +362,6 @@ def simulate(
       process: gradient process `(key, t, params) -> grads` (default `gaussian()` = N(0, 1)).
       n: number of independent coordinates.
       steps: number of steps T.
-      key: PRNG key or int seed.
       learning_rate: the constant lr used to normalize, Delta = update / learning_rate (and
         passed to named transforms).
       hparams: keyword hyperparameters for a named transform.
@@ -359,7 +373,8 @@ def simulate(
       dtype: float dtype of the simulation.
 
     Returns:
-      A `SimulationResult`.
+      A function of a PRNG key (or int seed) returning a `SimulationResult`; compiled on the
+      first call, reused for later keys.
     """
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"n={n!r} is invalid: it must be a positive int.")
@@ -376,8 +391,6 @@ def simulate(
     edges = histogram_edges(bins, value_range)
     tx = resolve_transform(transform, learning_rate, hparams)
     process = gaussian() if process is None else process
-    if isinstance(key, int):
-        key = jax.random.key(key)
     if params0 is None:
         params0 = jnp.zeros((n,), dtype)
     params0 = jnp.asarray(params0, dtype)
@@ -427,15 +440,20 @@ def simulate(
         carry, ys = jax.lax.scan(step, carry, ts)
         return carry[3], ys
 
-    buf, (counts, under, over, nonfinite, moments) = run(key, params0)
-    return SimulationResult(
-        edges=edges,
-        counts=counts,
-        underflow=under,
-        overflow=over,
-        nonfinite=nonfinite,
-        moments=moments,
-        samples=buf[: len(keep)],
-        keep_steps=keep,
-        steps=jnp.arange(1, steps + 1),
-    )
+    def simulator(key: jax.Array | int) -> SimulationResult:
+        if isinstance(key, int):
+            key = jax.random.key(key)
+        buf, (counts, under, over, nonfinite, moments) = run(key, params0)
+        return SimulationResult(
+            edges=edges,
+            counts=counts,
+            underflow=under,
+            overflow=over,
+            nonfinite=nonfinite,
+            moments=moments,
+            samples=buf[: len(keep)],
+            keep_steps=keep,
+            steps=jnp.arange(1, steps + 1),
+        )
+
+    return simulator
