@@ -146,6 +146,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a shared cache should be readable
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
