@@ -404,3 +404,12 @@ def test_bfloat16_params_stay_bfloat16(name):
     floats = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
     assert all(x.dtype == jnp.bfloat16 for x in floats), {x.dtype for x in floats}
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(new))
+
+
+@pytest.mark.parametrize("name", optimizers.names())
+def test_state_buffers_are_distinct_so_the_state_can_be_donated(name):
+    params = init_params()
+    state = optimizers.create(name, 0.01).init(params)
+    arrays = [x for x in jax.tree.leaves(state) if x.ndim > 0]
+    pointers = {x.unsafe_buffer_pointer() for x in arrays}
+    assert len(pointers) == len(arrays)

@@ -225,8 +225,11 @@ def track_gaussian_vi(
     accumulator_dtype = utils.canonicalize_dtype(accumulator_dtype)
 
     def init_fn(params):
-        zeros = optax.tree.zeros_like(params, dtype=accumulator_dtype)
-        return GaussianVIState(count=jnp.zeros([], jnp.int32), mean=zeros, var=zeros)
+        return GaussianVIState(
+            count=jnp.zeros([], jnp.int32),
+            mean=optax.tree.zeros_like(params, dtype=accumulator_dtype),
+            var=optax.tree.zeros_like(params, dtype=accumulator_dtype),  # own buffers (donation)
+        )
 
     def update_fn(updates, state, params=None):
         del params
@@ -244,16 +247,17 @@ def track_gaussian_vi(
         var = jax.tree.map(step_var, updates, state.mean, state.var)
         count_inc = numerics.safe_increment(state.count)
         if debias:
-            c = 1 - beta**count_inc
+            # m^ = m/c, s^^2 = (m^2 + s^2)/c - m^2/c^2 = s^2/c - m^2 (1/c)(1/c - 1), c = 1 - beta^t:
+            # scalar factors, so the per-coordinate work is a few multiplies (no divisions)
+            inv_c = 1 / (1 - beta**count_inc)
+            k = inv_c * (inv_c - 1)
+
+            def var_hat(m, s):
+                return jnp.maximum(s * inv_c.astype(s.dtype) - (m * m) * k.astype(m.dtype), 0)
+
             out = MeanVar(
-                mean=jax.tree.map(lambda m: m / c.astype(m.dtype), mean),
-                var=jax.tree.map(
-                    lambda m, s: jnp.maximum(
-                        (m * m + s) / c.astype(m.dtype) - jnp.square(m / c.astype(m.dtype)), 0
-                    ),
-                    mean,
-                    var,
-                ),
+                mean=jax.tree.map(lambda m: m * inv_c.astype(m.dtype), mean),
+                var=jax.tree.map(var_hat, mean, var),
             )
         else:
             out = MeanVar(mean=mean, var=var)

@@ -9,16 +9,18 @@ import jax.numpy as jnp
 import optax
 from optax._src import numerics, utils
 
-from optaxlab.transforms._checks import check_decay, check_nonnegative
+from optaxlab.transforms._checks import check_decay, check_nonnegative, is_number
 from optaxlab.transforms.moments import MeanVar
 
 Updates = Any
 
 
-def _mollified(m, s2, c, eps):
-    """m / sqrt(m^2 + c s2 + eps^2), with 0/0 := 0 (so a zero input gives a zero output)."""
-    den = jnp.sqrt(m * m + c * s2 + eps * eps)
-    return m / jnp.where(den == 0, jnp.ones_like(den), den)
+def _mollified(m, mollifier):
+    """m / sqrt(m^2 + mollifier), with 0/0 := 0 (so a zero input gives a zero output)."""
+    x = m * m + mollifier
+    # x < tiny (the smallest normal number) only where |m| < sqrt(tiny): clamping x there keeps
+    # |u| < 1 and gives u = 0 at m = 0 (one max instead of a compare and a select)
+    return m * jax.lax.rsqrt(jnp.maximum(x, jnp.finfo(x.dtype).tiny))
 
 
 def scale_by_mollified_sign(
@@ -53,14 +55,22 @@ def scale_by_mollified_sign(
     def update_fn(updates, state, params=None):
         del params
         if fixed_variance is not None:
-            return jax.tree.map(lambda m: _mollified(m, fixed_variance, c, eps), updates), state
+            mollifier = c * fixed_variance + eps * eps
+            return jax.tree.map(lambda m: _mollified(m, mollifier), updates), state
         if not isinstance(updates, MeanVar):
             raise ValueError(
                 "scale_by_mollified_sign() without fixed_variance expects a MeanVar(mean, var) "
                 f"update from a tracker such as track_gaussian_vi(); got {type(updates).__name__}."
                 " Put the tracker immediately before it in the chain, or pass fixed_variance."
             )
-        u = jax.tree.map(lambda m, s: _mollified(m, s, c, eps), updates.mean, updates.var)
+
+        def adaptive(m, s2):
+            mollifier = s2 if is_number(c) and c == 1 else c * s2
+            if not (is_number(eps) and eps == 0):
+                mollifier = mollifier + eps * eps
+            return _mollified(m, mollifier)
+
+        u = jax.tree.map(adaptive, updates.mean, updates.var)
         return u, state
 
     return optax.GradientTransformation(init_fn, update_fn)
