@@ -109,7 +109,7 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
     return tuple(sizes)
 
 
-def validate(config, *, num_devices: int, process_count: int = 1) -> Plan:
+def validate(config, *, num_devices: int) -> Plan:
     """Check every field of a training config; raise a one-line ValueError on the first bad one."""
     ref = default_config()
     _check_keys(config, ref, "")
@@ -154,9 +154,6 @@ def validate(config, *, num_devices: int, process_count: int = 1) -> Plan:
     if config.batch_size % (data * fsdp):
         _fail("batch_size", f"{config.batch_size} is not divisible by the batch shards "
               f"data*fsdp = {data}*{fsdp} = {data * fsdp}")
-    if config.batch_size % process_count:
-        _fail("batch_size", f"{config.batch_size} is not divisible by the {process_count} "
-              "processes")
     if config.debug.nonfinite_at_step < 0:
         _fail("debug.nonfinite_at_step", "must be >= 0 (0: off)")
 

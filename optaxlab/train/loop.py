@@ -43,15 +43,14 @@ class RunResult(NamedTuple):
 
 
 def _datasets(config, task: str):
-    """(train dataset, val dataset or None); this process's share of the global batch."""
-    rows = config.batch_size // jax.process_count()
-    shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
+    """(train dataset, val dataset or None) of global batches (the same on every process:
+    mesh.global_batch sends each process's rows to its devices)."""
     if task == "lm":
         make = functools.partial(data_lib.lm_dataset, config.data, seq_len=config.seq_len,
-                                 batch_size=rows, seed=config.seed, **shard)
+                                 batch_size=config.batch_size, seed=config.seed)
     else:
-        make = functools.partial(data_lib.vision_dataset, config.data, batch_size=rows,
-                                 seed=config.seed, **shard)
+        make = functools.partial(data_lib.vision_dataset, config.data,
+                                 batch_size=config.batch_size, seed=config.seed)
     return make(split="train"), (make(split="val") if config.eval_every else None)
 
 
@@ -86,8 +85,7 @@ def train(config, workdir: str | Path, *, devices=None, stop_after: int | None =
     config = copy.deepcopy(config)
     config.unlock()
     devices = list(jax.devices() if devices is None else devices)
-    plan = config_lib.validate(config, num_devices=len(devices),
-                               process_count=jax.process_count())
+    plan = config_lib.validate(config, num_devices=len(devices))
     end = config.steps if stop_after is None else int(stop_after)
     if not 0 < end <= config.steps:
         raise ValueError(f"stop_after={stop_after} must be in [1, config.steps={config.steps}]")

@@ -1,7 +1,8 @@
 """Device mesh ('data', 'fsdp', 'tensor'), shardings from partition specs, batches, multi-host.
 
 Parameters carry `PartitionSpec`s over 'fsdp' / 'tensor' (from the models' `nnx.with_partitioning`
-annotations); the batch is split over ('data', 'fsdp'). One code path for 1 CPU, 8 simulated
+annotations); the batch is split over ('data', 'fsdp'); every process reads the same global batch
+and transfers only its own devices' rows. One code path for 1 CPU, 8 simulated
 devices, a GPU, or a multi-host pod (`initialize_distributed` first).
 """
 
@@ -105,13 +106,17 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Assemble this process's rows into global arrays sharded over the batch axes."""
+def global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """The global batch (every process holds all of it) as arrays sharded over the batch axes;
+    each process transfers only the rows of its own devices.
+
+    Reading the whole global batch on every process (cheap for token windows and small images)
+    makes a run's batches, and so its numbers, independent of the number of processes.
+    """
     sharding = batch_sharding(mesh)
-    n = jax.process_count()
 
     def put(x):
         x = np.asarray(x)
-        return jax.make_array_from_process_local_data(sharding, x, (x.shape[0] * n, *x.shape[1:]))
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
-    return {k: put(v) for k, v in local.items()}
+    return {k: put(v) for k, v in batch.items()}
