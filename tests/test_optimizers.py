@@ -392,6 +392,18 @@ def test_masked_multisteps_inject_and_jit(name):
     assert float(state.hyperparams["learning_rate"]) == pytest.approx(lr)
 
 
+def test_inject_hyperparams_with_flags():
+    """Booleans stay static under inject_hyperparams; the numeric rest is injected."""
+    params, grads = init_params(), _grads(3)
+    for name, kw in [("momentum", {"nesterov": True}), ("adam", {"bias_correction": False}),
+                     ("adam_equal_betas", {"bias_correction": False}), ("rmsprop",
+                     {"bias_correction": False})]:
+        injected = optax.inject_hyperparams(optimizers.get(name))(learning_rate=0.01, **kw)
+        us_inj, _ = _steps(injected, grads, params)
+        us_ref, _ = _steps(optimizers.create(name, 0.01, **kw), grads, params)
+        _tree_close(us_inj, us_ref, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("name", optimizers.names())
 def test_bfloat16_params_stay_bfloat16(name):
     params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), init_params())

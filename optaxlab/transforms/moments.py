@@ -93,7 +93,7 @@ def trace(
     check_decay("momentum", decay)
     if isinstance(dampening, (int, float)) and dampening == 0:
         return optax.trace(decay, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
-    if nesterov:
+    if nesterov and isinstance(dampening, (int, float)):  # (an injected array can't be checked)
         raise ValueError(
             f"nesterov=True needs dampening=0 (torch semantics), got dampening={dampening!r}."
         )
@@ -115,8 +115,12 @@ def trace(
             return jnp.where(first, g.astype(new.dtype), new)
 
         new_trace = jax.tree.map(step, updates, state.trace)
+        if nesterov:
+            updates = jax.tree.map(lambda g, t: g + decay * t, updates, new_trace)
+        else:
+            updates = new_trace
         count_inc = numerics.safe_increment(state.count)
-        return new_trace, DampenedTraceState(
+        return updates, DampenedTraceState(
             count_inc, optax.tree.cast(new_trace, accumulator_dtype)
         )
 
