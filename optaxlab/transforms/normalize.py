@@ -19,7 +19,9 @@ def _mollified(m, mollifier):
     """m / sqrt(m^2 + mollifier), with 0/0 := 0 (so a zero input gives a zero output)."""
     x = m * m + mollifier
     # x < tiny (the smallest normal number) only where |m| < sqrt(tiny): clamping x there keeps
-    # |u| < 1 and gives u = 0 at m = 0 (one max instead of a compare and a select)
+    # |u| < 1 and gives u = 0 at m = 0 (one max instead of a compare and a select). |u| <= 1
+    # holds up to one rounding: at s^2 = 0, u = sign(m) (1 +- 2^-23) on XLA CPU, whose sqrt /
+    # rsqrt / division are not all correctly rounded (the same holds for optax.adam, eps = 0).
     return m * jax.lax.rsqrt(jnp.maximum(x, jnp.finfo(x.dtype).tiny))
 
 
@@ -38,8 +40,8 @@ def scale_by_mollified_sign(
     Fixed-mollifier mode (``fixed_variance=sigma2``): the incoming update is a plain tree m
     (e.g. the output of ``ema``) and s^2 is the constant sigma2: the seed-004 Signum ablation.
 
-    The output is odd in m, invariant to a common positive scaling of (m, s), |u| <= 1, and 0
-    where m = s = eps = 0. Stateless (``optax.EmptyState``).
+    The output is odd in m, invariant to a common positive scaling of (m, s), |u| <= 1 (up to
+    one float rounding), and 0 where m = s = eps = 0. Stateless (``optax.EmptyState``).
 
     Reference: Orvieto & Gower, In Search of Adam's Secret Sauce (2025), eq. (2), Prop. 1.
     """
