@@ -10,7 +10,7 @@ per-block mean of Adam's variance estimate s_t^2 = v^_t - m^_t^2 over time for t
 Seed 004 expects Adam(b1=b2) < Signum < SGD on the heterogeneous problem, a closed gap on the
 homogeneous one.
 
-    python experiments/seed004_fig6_quadratic.py [--out DIR] [--steps 2000] [--seeds 4]
+    python experiments/seed004_fig6_quadratic.py [--out DIR] [--steps 2000] [--seeds 8]
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def tune(q, name, beta_kw, steps, seeds, batch_size, tail):
 def main() -> None:
     p = _common.parser(__file__, __doc__)
     p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=3, help="rows per gradient; 0 = full batch")
     p.add_argument("--problem-seed", type=int, default=0, help="seed of the Haar rotations")
     args = p.parse_args()

@@ -102,3 +102,14 @@ def test_bad_process_and_model_arguments():
                  lambda: theory.pareto(0.0), lambda: theory.student_t(-1.0)):
         with pytest.raises(ValueError):
             call()
+
+
+def test_make_simulator_reuses_and_theory_model_zero_gradient():
+    sim = theory.make_simulator(n=500, steps=4)
+    a, b, c = sim(0), sim(0), sim(1)
+    np.testing.assert_array_equal(a.counts, b.counts)
+    assert not np.array_equal(np.asarray(a.counts), np.asarray(c.counts))
+    # 0/0 in the theory model (all gradients exactly 0) gives a 0 update, not nan.
+    tx = theory.theory_model()
+    u, _ = tx.update(jnp.array([0.0, 2.0]), tx.init(jnp.zeros(2)))
+    np.testing.assert_array_equal(u, [0.0, 1.0])
