@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.optaxlab-installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo demo-quadratic test test-slow test-all lint bench clean
+.PHONY: install demo demo-quadratic experiments test test-slow test-all lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ demo: $(STAMP)
 
 demo-quadratic: $(STAMP)
 	$(PY) experiments/demo_quadratic.py
+
+experiments: $(STAMP)
+	@for f in experiments/seed*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q
