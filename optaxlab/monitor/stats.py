@@ -24,7 +24,7 @@ import numpy as np
 from optaxlab import theory
 from optaxlab.monitor.config import Settings, settings
 
-# Order of the per-layer float vector `stats/<layer>`. Sums are over the layer's coordinates.
+# Columns of the per-layer rows of `stats` (float32[L, F]). Sums are over the layer's coordinates.
 LAYER_FIELDS = (
     "n",  # number of coordinates
     "d_nan",  # coordinates whose Delta is NaN (not binned)
@@ -146,12 +146,12 @@ def find_moments(opt_state) -> tuple[dict[str, MomentPair], Any, Any]:
     return pairs, count, b2
 
 
-def _bin_counts(x: jax.Array, r: float, bins: int) -> jax.Array:
-    """int32[bins + 3]: underflow, the bins on [-r, r), overflow, NaN; x keeps its shape."""
+def _bin_index(x: jax.Array, r: float, bins: int) -> jax.Array:
+    """int32 bin of each coordinate (x keeps its shape): 0 underflow, 1..bins the bins of
+    [-r, r), bins + 1 overflow, bins + 2 NaN."""
     t = jnp.floor((x + r) * (bins / (2.0 * r)))
     i = jnp.clip(t, -1.0, float(bins)) + 1.0
-    i = jnp.where(jnp.isnan(x), float(bins + 2), i).astype(jnp.int32)
-    return jnp.zeros((bins + 3,), jnp.int32).at[i].add(1, mode="promise_in_bounds")
+    return jnp.where(jnp.isnan(x), float(bins + 2), i).astype(jnp.int32)
 
 
 def _rms(x: jax.Array) -> jax.Array:
@@ -167,7 +167,13 @@ def _leaf_stats(
     lr: jax.Array,
     corr: tuple[jax.Array, jax.Array] | None,
     s: Settings,
-) -> tuple[dict[str, jax.Array], jax.Array | None, jax.Array | None]:
+) -> tuple[dict[str, jax.Array], jax.Array | None]:
+    """One leaf's raw sums (dict over LAYER_FIELDS) and its two histograms (int32[2, bins + 3]).
+
+    All per-coordinate quantities are stacked and reduced in one go (one sum, one max, one
+    scatter per leaf): XLA then emits a handful of fused kernels per leaf instead of one per
+    statistic, which is what the cost is made of for small leaves.
+    """
     f32 = jnp.float32
     g, u, p = g.astype(f32), u.astype(f32), p.astype(f32)
     d = u / lr
@@ -175,33 +181,27 @@ def _leaf_stats(
     g_scale = _rms(g) if s.grad_scale == "rms" else jnp.ones((), f32)
     dn = d / d_scale if s.delta_scale == "rms" else d
     gn = g / g_scale if s.grad_scale == "rms" else g
-    zero = jnp.zeros((), f32)
-    v = dict(
-        n=jnp.asarray(d.size, f32),
-        d_nan=jnp.sum(jnp.isnan(d), dtype=f32),
-        d_sum=jnp.sum(d),
-        d_sum2=jnp.sum(d * d),
-        d_sumabs=jnp.sum(jnp.abs(d)),
-        d_sum3=jnp.sum(d * d * d),
-        d_sum4=jnp.sum(jnp.square(d * d)),
-        dn_sum=jnp.sum(dn),
-        dn_sum2=jnp.sum(dn * dn),
-        d_min=jnp.min(dn),
-        d_max=jnp.max(dn),
-        d_tail=jnp.sum(jnp.abs(d) > s.tail, dtype=f32),
-        d_scale=d_scale,
-        u_sum2=jnp.sum(u * u),
-        p_sum2=jnp.sum(p * p),
-        g_sum=jnp.sum(g),
-        g_sum2=jnp.sum(g * g),
-        g_nan=jnp.sum(jnp.isnan(g), dtype=f32),
-        gn_sum=jnp.sum(gn),
-        gn_sum2=jnp.sum(gn * gn),
-        gn_min=jnp.min(gn),
-        gn_max=jnp.max(gn),
-    )
-    for k in ("spread_sum", "spread_n", "spread_logsum", "step_sum", "step_n", "snr_sum", "snr_n"):
-        v[k] = zero
+    one = lambda b: b.astype(f32)
+    axes = tuple(range(1, d.ndim + 1))
+    # One stacked reduction per input tensor: XLA fuses each into a single pass over it.
+    groups = [
+        dict(
+            d_nan=one(jnp.isnan(d)),
+            d_sum=d,
+            d_sum2=d * d,
+            d_sumabs=jnp.abs(d),
+            d_sum3=d * d * d,
+            d_sum4=jnp.square(d * d),
+            d_tail=one(jnp.abs(d) > s.tail),
+            u_sum2=u * u,
+        ),
+        dict(g_sum=g, g_sum2=g * g, g_nan=one(jnp.isnan(g))),
+        dict(p_sum2=p * p),
+    ]
+    if s.delta_scale == "rms":
+        groups.append(dict(dn_sum=dn, dn_sum2=dn * dn))
+    if s.grad_scale == "rms":
+        groups.append(dict(gn_sum=gn, gn_sum2=gn * gn))
     if moments is not None:
         m, second = moments.first.astype(f32), moments.second.astype(f32)
         # v = E[g^2]: Adam's nu, or the tracker's var + mean^2.
@@ -210,24 +210,47 @@ def _leaf_stats(
             m, msq = m / corr[0], msq / corr[1]
         gamma = theory.spread(m, msq)  # inf where m = 0, nan where m = v = 0
         ok = jnp.isfinite(gamma)
-        v["spread_sum"] = jnp.sum(jnp.where(ok, gamma, 0.0))
-        v["spread_n"] = jnp.sum(ok, dtype=f32)
-        log_gamma = jnp.log(jnp.maximum(jnp.where(ok, gamma, 1.0), 1e-6))
-        v["spread_logsum"] = jnp.sum(jnp.where(ok, log_gamma, 0.0))
         pos = msq > 0  # 1/sqrt(1 + gamma^2) = |m|/sqrt(v), 0 where m = 0
-        v["step_sum"] = jnp.sum(jnp.where(pos, theory.predicted_step(gamma), 0.0))
-        v["step_n"] = jnp.sum(pos, dtype=f32)
+        rows = dict(
+            spread_sum=jnp.where(ok, gamma, 0.0),
+            spread_n=one(ok),
+            spread_logsum=jnp.where(ok, jnp.log(jnp.maximum(gamma, 1e-6)), 0.0),
+            step_sum=jnp.where(pos, theory.predicted_step(gamma), 0.0),
+            step_n=one(pos),
+        )
         if moments.kind == "vi":
             var = jnp.maximum(msq - m * m, 0.0)
             pv = var > 0
-            snr = jnp.abs(m) * jax.lax.rsqrt(jnp.where(pv, var, 1.0))
-            v["snr_sum"] = jnp.sum(jnp.where(pv, snr, 0.0))
-            v["snr_n"] = jnp.sum(pv, dtype=f32)
-    dh = gh = None
+            rows["snr_sum"] = jnp.where(
+                pv, jnp.abs(m) * jax.lax.rsqrt(jnp.where(pv, var, 1.0)), 0.0
+            )
+            rows["snr_n"] = one(pv)
+        groups.append(rows)
+    v: dict[str, jax.Array] = {}
+    for rows in groups:
+        sums = jnp.sum(jnp.stack(list(rows.values())), axis=axes)
+        v.update(zip(rows, sums, strict=True))
+    if s.delta_scale == "none":
+        v["dn_sum"], v["dn_sum2"] = v["d_sum"], v["d_sum2"]
+    if s.grad_scale == "none":
+        v["gn_sum"], v["gn_sum2"] = v["g_sum"], v["g_sum2"]
+    d_top = jnp.max(jnp.stack([dn, -dn]), axis=axes)
+    g_top = jnp.max(jnp.stack([gn, -gn]), axis=axes)
+    v.update(d_max=d_top[0], d_min=-d_top[1], gn_max=g_top[0], gn_min=-g_top[1])
+    v.update(n=jnp.asarray(d.size, f32), d_scale=d_scale)
+    zero = jnp.zeros((), f32)
+    for k in LAYER_FIELDS:
+        v.setdefault(k, zero)
+    hist = None
     if s.histograms:
-        dh = _bin_counts(dn, s.delta_range, s.bins)
-        gh = _bin_counts(gn, s.grad_range, s.bins)
-    return v, dh, gh
+        # One scatter for both histograms: Delta's bins at [0, bins + 3), g's at [bins + 3, ...).
+        idx = jnp.stack(
+            [_bin_index(dn, s.delta_range, s.bins), _bin_index(gn, s.grad_range, s.bins)]
+        )
+        idx = idx + jnp.asarray([0, s.bins + 3], jnp.int32).reshape((2,) + (1,) * d.ndim)
+        counts = jnp.zeros((2 * (s.bins + 3),), jnp.int32)
+        hist = counts.at[idx].add(1, mode="promise_in_bounds").reshape(2, s.bins + 3)
+    return v, hist
 
 
 def _combine(a: dict[str, jax.Array], b: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -282,25 +305,22 @@ def measure(grads, updates, params, opt_state, learning_rate, step, config) -> d
     }
     if hp_b2 is not None:
         out["hparam_b2"] = jnp.asarray(hp_b2, jnp.float32)
-    rows, dhs, ghs = [], [], []
+    rows, hists = [], []
     for names in groups.values():
-        acc = dh = gh = None
+        acc = hist = None
         for k in names:
-            v, h1, h2 = _leaf_stats(gl[k], ul[k], pl[k], pairs.get(k), lr, corr, s)
+            v, h = _leaf_stats(gl[k], ul[k], pl[k], pairs.get(k), lr, corr, s)
             acc = v if acc is None else _combine(acc, v)
-            if h1 is not None:
-                dh = h1 if dh is None else dh + h1
-                gh = h2 if gh is None else gh + h2
+            if h is not None:
+                hist = h if hist is None else hist + h
         rows.append(jnp.stack([acc[k] for k in LAYER_FIELDS]))
-        if dh is not None:
-            dhs.append(dh[: s.bins + 2])
-            ghs.append(gh[: s.bins + 2])
+        if hist is not None:
+            hists.append(hist[:, : s.bins + 2])
     out["layout"] = jnp.asarray(register_layout(tuple(groups)), jnp.int32)
     out["stats"] = jnp.stack(rows) if rows else jnp.zeros((0, len(LAYER_FIELDS)), jnp.float32)
     if s.histograms:
-        empty = jnp.zeros((0, s.bins + 2), jnp.int32)
-        out["delta_hist"] = jnp.stack(dhs) if dhs else empty
-        out["grad_hist"] = jnp.stack(ghs) if ghs else empty
+        h = jnp.stack(hists) if hists else jnp.zeros((0, 2, s.bins + 2), jnp.int32)
+        out["delta_hist"], out["grad_hist"] = h[:, 0], h[:, 1]
     return out
 
 
