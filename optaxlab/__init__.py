@@ -1,4 +1,4 @@
-"""optaxlab: composable Optax transforms, theory and sharded trainers for studying adaptive optimizers.
+"""optaxlab: transforms, theory and sharded trainers for studying adaptive optimizers.
 
 Subpackages (import direction: transforms, theory <- optimizers, monitor <- train):
   optaxlab.transforms   GradientTransformations optax lacks (ACClip, Gaussian VI tracker, ...)
