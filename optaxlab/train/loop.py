@@ -118,86 +118,88 @@ def train(config, workdir: str | Path, *, devices=None, stop_after: int | None =
     is_main = jax.process_index() == 0
     mngr = ckpt_lib.manager(workdir / "checkpoints", keep=config.keep_checkpoints,
                             async_save=config.async_checkpointing)
-    restored = ckpt_lib.restore_latest(mngr, abstract, lambda: iter(train_ds))
-    if restored is None:
-        start, state, data_iter = 0, init_fn(), iter(train_ds)
-    else:
-        start, state, data_iter = restored
-        state = state_lib.TrainState(*state) if not isinstance(state, tuple) else state
-        log.info("resumed from the checkpoint at step %d in %s", start, workdir / "checkpoints")
-    if is_main:
-        _save_config(config, workdir, start)
-    writer = metrics_lib.Writer(workdir, resume_step=start, enabled=is_main)
-    per_step = config.batch_size * (config.seq_len if plan.task == "lm" else 1)
-    unit = "tokens" if plan.task == "lm" else "examples"
-    bar = tqdm.tqdm(total=end, initial=start, disable=not (config.progress_bar and is_main),
-                    file=sys.stderr, dynamic_ncols=True, desc="train")
-    records: list[dict[str, Any]] = []
-    clock = {"time": None, "step": start}
-
-    def evaluate(state) -> dict[str, float]:
-        sums: dict[str, float] = {}
-        for i, batch in enumerate(iter(val_ds)):
-            if config.eval_batches and i >= config.eval_batches:
-                break
-            out = eval_step(state.params, state.rest, mesh_lib.global_batch(batch, mesh))
-            for k, v in jax.device_get(out).items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-        if not sums:
-            return {}
-        result = {"eval_loss": sums["loss_sum"] / sums["count"]}
-        if plan.task == "lm":
-            result["eval_perplexity"] = math.exp(min(result["eval_loss"], 80.0))
-        else:
-            result["eval_accuracy"] = sums["correct"] / sums["count"]
-        writer.scalars(int(state.step), {k[5:]: v for k, v in result.items()}, "eval")
-        log.info("step %d: %s", int(state.step),
-                 ", ".join(f"{k}={v:.4g}" for k, v in result.items()))
-        return result
-
-    def handle(pending, force: bool) -> dict[str, Any] | None:
-        """Host side of one finished step: NaN policy, then its record (if it is logged)."""
-        step, m, stats = pending
-        m, stats = jax.device_get((m, stats))
-        if not bool(m["finite"]):
-            bad = [n for n, ok in zip(names, m["leaf_finite"], strict=True) if not ok]
-            what = (f"gradient at step {step} (first offending parameter: {bad[0]})" if bad
-                    else f"loss ({float(m['loss'])}) at step {step}")
-            if config.nan_policy == "halt":
-                latest = mngr.latest_step()
-                raise NonFiniteError(
-                    f"non-finite {what}; nan_policy='halt' stopped the run "
-                    f"(last good checkpoint: {f'step {latest}' if latest else 'none'} in "
-                    f"{workdir / 'checkpoints'}); --config.nan_policy=skip skips such steps")
-            log.warning("non-finite %s: update skipped (%d skipped so far)", what,
-                        int(m["skipped"]))
-        if not (force or step % config.log_every == 0 or stats):
-            return None
-        now = time.perf_counter()
-        train_metrics = {k: float(m[k]) for k in ("loss", "lr", "grad_norm", "update_norm")}
-        if "accuracy" in m:
-            train_metrics["accuracy"] = float(m["accuracy"])
-        train_metrics["skipped_steps"] = int(m["skipped"])
-        if clock["time"] is not None and step > clock["step"]:
-            steps_per_sec = (step - clock["step"]) / (now - clock["time"])
-            train_metrics["steps_per_sec"] = steps_per_sec
-            train_metrics[f"{unit}_per_sec"] = steps_per_sec * per_step
-        clock.update(time=now, step=step)
-        writer.scalars(step, train_metrics, "train")
-        record = {"step": step, **train_metrics}
-        if stats and is_main:
-            record.update(monitor_write(writer.tb, step, stats, mcfg) or {})
-        bar.set_postfix(loss=f"{train_metrics['loss']:.4f}", **(
-            {f"{unit[:3]}/s": f"{train_metrics[f'{unit}_per_sec']:.0f}"}
-            if f"{unit}_per_sec" in train_metrics else {}))
-        return record
-
-    def emit(record: dict[str, Any] | None) -> None:
-        if record is not None:
-            writer.record(record)
-            records.append(record)
-
+    writer = bar = None
     try:
+        restored = ckpt_lib.restore_latest(mngr, abstract, lambda: iter(train_ds))
+        if restored is None:
+            start, state, data_iter = 0, init_fn(), iter(train_ds)
+        else:
+            start, state, data_iter = restored
+            if isinstance(state, dict):  # a target-less restore gives dicts; ours gives TrainState
+                state = state_lib.TrainState(**state)
+            log.info("resumed from the checkpoint at step %d in %s", start, workdir / "checkpoints")
+        if is_main:
+            _save_config(config, workdir, start)
+        writer = metrics_lib.Writer(workdir, resume_step=start, enabled=is_main)
+        per_step = config.batch_size * (config.seq_len if plan.task == "lm" else 1)
+        unit = "tokens" if plan.task == "lm" else "examples"
+        bar = tqdm.tqdm(total=end, initial=start, disable=not (config.progress_bar and is_main),
+                        file=sys.stderr, dynamic_ncols=True, desc="train")
+        records: list[dict[str, Any]] = []
+        clock = {"time": None, "step": start}
+
+        def evaluate(state) -> dict[str, float]:
+            sums: dict[str, float] = {}
+            for i, batch in enumerate(iter(val_ds)):
+                if config.eval_batches and i >= config.eval_batches:
+                    break
+                out = eval_step(state.params, state.rest, mesh_lib.global_batch(batch, mesh))
+                for k, v in jax.device_get(out).items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+            if not sums:
+                return {}
+            result = {"eval_loss": sums["loss_sum"] / sums["count"]}
+            if plan.task == "lm":
+                result["eval_perplexity"] = math.exp(min(result["eval_loss"], 80.0))
+            else:
+                result["eval_accuracy"] = sums["correct"] / sums["count"]
+            writer.scalars(int(state.step), {k[5:]: v for k, v in result.items()}, "eval")
+            log.info("step %d: %s", int(state.step),
+                     ", ".join(f"{k}={v:.4g}" for k, v in result.items()))
+            return result
+
+        def handle(pending, force: bool) -> dict[str, Any] | None:
+            """Host side of one finished step: NaN policy, then its record (if it is logged)."""
+            step, m, stats = pending
+            m, stats = jax.device_get((m, stats))
+            if not bool(m["finite"]):
+                bad = [n for n, ok in zip(names, m["leaf_finite"], strict=True) if not ok]
+                what = (f"gradient at step {step} (first offending parameter: {bad[0]})" if bad
+                        else f"loss ({float(m['loss'])}) at step {step}")
+                if config.nan_policy == "halt":
+                    latest = mngr.latest_step()
+                    raise NonFiniteError(
+                        f"non-finite {what}; nan_policy='halt' stopped the run "
+                        f"(last good checkpoint: {f'step {latest}' if latest else 'none'} in "
+                        f"{workdir / 'checkpoints'}); --config.nan_policy=skip skips such steps")
+                log.warning("non-finite %s: update skipped (%d skipped so far)", what,
+                            int(m["skipped"]))
+            if not (force or step % config.log_every == 0 or stats):
+                return None
+            now = time.perf_counter()
+            train_metrics = {k: float(m[k]) for k in ("loss", "lr", "grad_norm", "update_norm")}
+            if "accuracy" in m:
+                train_metrics["accuracy"] = float(m["accuracy"])
+            train_metrics["skipped_steps"] = int(m["skipped"])
+            if clock["time"] is not None and step > clock["step"]:
+                steps_per_sec = (step - clock["step"]) / (now - clock["time"])
+                train_metrics["steps_per_sec"] = steps_per_sec
+                train_metrics[f"{unit}_per_sec"] = steps_per_sec * per_step
+            clock.update(time=now, step=step)
+            writer.scalars(step, train_metrics, "train")
+            record = {"step": step, **train_metrics}
+            if stats and is_main:
+                record.update(monitor_write(writer.tb, step, stats, mcfg) or {})
+            bar.set_postfix(loss=f"{train_metrics['loss']:.4f}", **(
+                {f"{unit[:3]}/s": f"{train_metrics[f'{unit}_per_sec']:.0f}"}
+                if f"{unit}_per_sec" in train_metrics else {}))
+            return record
+
+        def emit(record: dict[str, Any] | None) -> None:
+            if record is not None:
+                writer.record(record)
+                records.append(record)
+
         if start >= end:
             log.info("nothing to do: the workdir is already at step %d (end: %d)", start, end)
         pending = None
@@ -224,8 +226,10 @@ def train(config, workdir: str | Path, *, devices=None, stop_after: int | None =
         if pending is not None:
             emit(handle(pending, force=True))
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         mngr.wait_until_finished()
         mngr.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
     return RunResult(records=records, state=state, start_step=start)
