@@ -48,18 +48,37 @@ def _accumulator(logdir: Path):
     return acc
 
 
-def load_histograms(acc, prefix: str = "update_hist/") -> dict[str, dict[int, tuple]]:
-    """{layer: {step: (counts[bins + 2], edges[bins + 1])}} of the monitor's histograms."""
+def load_histograms(acc, scalars, prefix: str = "update_hist/") -> dict[str, dict[int, tuple]]:
+    """{layer: {step: (counts[bins + 2], edges[bins + 1])}} of the monitor's histograms.
+
+    The buckets are put back on the grid given by the `monitor/bins` and `monitor/delta_range`
+    (or `monitor/grad_range`) scalars that `monitor.write` logs with them.
+    """
+    from optaxlab.monitor.writer import bucket_position
+
+    kind = "grad_range" if prefix.startswith("grad") else "delta_range"
+    grid = {}
+    for tag in ("monitor/bins", f"monitor/{kind}"):
+        if tag in scalars:
+            grid[tag] = dict(zip(scalars[tag][0].tolist(), scalars[tag][1].tolist(), strict=True))
     out: dict[str, dict[int, tuple]] = {}
     for tag in acc.Tags().get("histograms", []):
         if not tag.startswith(prefix):
             continue
         series = {}
         for e in acc.Histograms(tag):
+            step = int(e.step)
+            bins = grid.get("monitor/bins", {}).get(step)
+            r = grid.get(f"monitor/{kind}", {}).get(step)
+            if bins is None or r is None:
+                continue  # not written by optaxlab.monitor
+            bins = int(round(bins))
             h = e.histogram_value
-            limits = np.asarray(h.bucket_limit, np.float64)
-            series[int(e.step)] = (np.asarray(h.bucket, np.float64), limits[:-1])
-        out[tag[len(prefix) :]] = series
+            counts = np.zeros(bins + 2)
+            counts[bucket_position(h.bucket_limit, r, bins)] = np.asarray(h.bucket, np.float64)
+            series[step] = (counts, np.linspace(-r, r, bins + 1))
+        if series:
+            out[tag[len(prefix) :]] = series
     return out
 
 
@@ -319,8 +338,8 @@ def render(
         raise ReportError(f"max_layers={max_layers}: must be >= 1")
     logdir = workdir / "tensorboard"
     acc = _accumulator(logdir) if logdir.is_dir() else None
-    hists = load_histograms(acc) if acc is not None else {}
     scalars = load_scalars(workdir, acc)
+    hists = load_histograms(acc, scalars) if acc is not None else {}
     if not hists and not any(k.startswith("update_var/") for k in scalars):
         raise ReportError(
             f"no monitor output in {str(workdir)!r} (no update_hist/* histograms under "

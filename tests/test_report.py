@@ -67,12 +67,12 @@ def test_report_renders_the_three_figure_kinds(tmp_path, capsys):
     assert "adam" in page
 
     # What the figures are drawn from equals what the monitor logged.
-    hists = report.load_histograms(report._accumulator(workdir / "tensorboard"))
+    scalars = report.load_scalars(workdir)
+    hists = report.load_histograms(report._accumulator(workdir / "tensorboard"), scalars)
     assert sorted(hists) == ["mlp/bias", "mlp/kernel"]
     counts, edges = hists["mlp/kernel"][3]
     np.testing.assert_array_equal(counts, monitor.layer_row(logged[3], "delta_hist", "mlp/kernel"))
     np.testing.assert_allclose(edges, monitor.settings(monitor.default_config()).edges(), 1e-6)
-    scalars = report.load_scalars(workdir)
     steps, m_eff = scalars["theory/m_eff"]
     assert list(steps) == list(range(1, 7))
     assert abs(m_eff[0] - 1.0) < 1e-6 and np.all(np.diff(m_eff) > 0)

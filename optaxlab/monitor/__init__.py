@@ -17,7 +17,17 @@ variation distance to the theory law f_{m_eff(t)} with m_eff(t) the effective sa
 skew/kurtosis/bimodality/tail-mass diagnostics) and writes TensorBoard histograms, scalars and
 "histogram vs theory" images.
 
+`measure` returns a few stacked arrays ('stats' [L, len(LAYER_FIELDS)] of raw sums,
+'delta_hist'/'grad_hist' [L, bins + 2] counts, 'step', 'learning_rate', 'layout'); the layer
+names are static and are looked up on the host from 'layout' (`layer_names`, `layer_row`).
+
+Typical use outside the trainer (the trainer does exactly this):
+
+    stats = jax.jit(lambda g, u, p, s: monitor.measure(g, u, p, s, lr, t, cfg))(g, u, p, s)
+    scalars = monitor.write(tensorboardX.SummaryWriter(logdir), t, jax.device_get(stats), cfg)
+
 With `every = 0` the trainer never calls `measure`, so the compiled step has no monitor code.
+TensorBoard tags and the meaning of every scalar: `optaxlab.monitor.overlay`.
 """
 
 from optaxlab.monitor.config import Settings, default_config, settings
