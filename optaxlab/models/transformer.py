@@ -99,16 +99,17 @@ class Attention(nnx.Module):
         self.out = _dense(d_model, d_model, ("tensor", "fsdp"), out_std, dtype, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        b, t, _ = x.shape
+        b, t, d = x.shape
         shape = (b, t, self.n_heads, self.head_dim)
-        q = apply_rope(self.query(x).reshape(shape), self.rot)
-        k = apply_rope(self.key(x).reshape(shape), self.rot)
-        v = self.value(x).reshape(shape)
+        rows = x.reshape(b * t, d)  # 2-D dense layers (see MLP)
+        q = apply_rope(self.query(rows).reshape(shape), self.rot)
+        k = apply_rope(self.key(rows).reshape(shape), self.rot)
+        v = self.value(rows).reshape(shape)
         if self.impl == "einsum":
             y = causal_attention(q, k, v)
         else:
             y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=self.impl)
-        return self.out(y.reshape(b, t, -1))
+        return self.out(y.reshape(b * t, -1)).reshape(b, t, -1)
 
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
@@ -132,7 +133,9 @@ class MLP(nnx.Module):
         self.down = _dense(hidden, d_model, ("tensor", "fsdp"), out_std, dtype, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+        # Dense layers on 2-D [B*T, D] rows: XLA's CPU backward is much faster than on [B, T, D].
+        rows = x.reshape(-1, x.shape[-1])
+        return self.down(jax.nn.silu(self.gate(rows)) * self.up(rows)).reshape(x.shape)
 
 
 class Block(nnx.Module):
@@ -190,4 +193,6 @@ class Transformer(nnx.Module):
         x = self.embed(tokens)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.final_norm(x)).astype(jnp.float32)
+        b, t, d = x.shape
+        logits = self.head(self.final_norm(x).reshape(b * t, d)).reshape(b, t, -1)
+        return logits.astype(jnp.float32)
