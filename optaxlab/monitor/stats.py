@@ -1,14 +1,19 @@
 """On-device statistics of one train step: fixed-bin histograms and raw moment sums per layer.
 
 Everything here runs inside the jitted train step and returns only small arrays. The binning is
-arithmetic (floor of the scaled value, clipped to an underflow and an overflow bin) followed by a
-scatter-add of ones into `bins + 3` counters, with the index array kept in the leaf's own shape:
-for a sharded leaf XLA then counts per shard and all-reduces the `bins + 3` counters; no leaf is
-gathered (`jnp.bincount` of the raveled leaf would all-gather a 2-D-sharded leaf to flatten it).
+arithmetic (floor of the scaled value, clipped to an underflow and an overflow bin; NaN to a bin
+of its own) followed by one scatter-add of ones into the joint (Delta bin, gradient bin) grid of
+(bins + 3)^2 counters, whose two marginals are the two histograms. The index array keeps the
+leaf's own shape: for a sharded leaf XLA then counts per shard and all-reduces the counters; no
+leaf is gathered (`jnp.bincount` of the raveled leaf would all-gather a 2-D-sharded leaf to
+flatten it).
 
 Per layer `measure` returns raw sums (count, sum x, sum x^2, sum |x|, sum x^3, sum x^4, min, max,
 ...) rather than derived scalars: they add across leaves, shards and layers, and the host turns
 them into variances, skewness, distances in float64 (`optaxlab.monitor.overlay.summarize`).
+
+Cost: about one pass over the coordinates per statistic (~20 fused elementwise + reduce kernels
+per leaf) plus one scatter; see experiments/benchmarks/bench_monitor.py.
 """
 
 from __future__ import annotations
@@ -154,11 +159,6 @@ def _bin_index(x: jax.Array, r: float, bins: int) -> jax.Array:
     return jnp.where(jnp.isnan(x), float(bins + 2), i).astype(jnp.int32)
 
 
-def _rms(x: jax.Array) -> jax.Array:
-    r = jnp.sqrt(jnp.mean(jnp.square(x)))
-    return jnp.where((r > 0) & jnp.isfinite(r), r, 1.0)
-
-
 def _leaf_stats(
     g: jax.Array,
     u: jax.Array,
@@ -179,29 +179,24 @@ def _leaf_stats(
     f32 = jnp.float32
     g, u, p = g.astype(f32), u.astype(f32), p.astype(f32)
     d = u * inv_lr
-    d_scale = _rms(d) if s.delta_scale == "rms" else jnp.ones((), f32)
-    g_scale = _rms(g) if s.grad_scale == "rms" else jnp.ones((), f32)
-    dn = d / d_scale if s.delta_scale == "rms" else d
-    gn = g / g_scale if s.grad_scale == "rms" else g
+    n = float(d.size)
     one = lambda b: b.astype(f32)
+    # Sums that other sums or the histogram give for free are derived, not reduced: u^2 from
+    # Delta^2 and lr, the scaled sums from the unscaled ones, the NaN counts from the NaN bins.
     groups = [
         dict(
-            d_nan=one(jnp.isnan(d)),
             d_sum=d,
             d_sum2=d * d,
             d_sumabs=jnp.abs(d),
             d_sum3=d * d * d,
             d_sum4=jnp.square(d * d),
             d_tail=one(jnp.abs(d) > s.tail),
-            u_sum2=u * u,
         ),
-        dict(g_sum=g, g_sum2=g * g, g_nan=one(jnp.isnan(g))),
+        dict(g_sum=g, g_sum2=g * g),
         dict(p_sum2=p * p),
     ]
-    if s.delta_scale == "rms":
-        groups.append(dict(dn_sum=dn, dn_sum2=dn * dn))
-    if s.grad_scale == "rms":
-        groups.append(dict(gn_sum=gn, gn_sum2=gn * gn))
+    if not s.histograms:
+        groups.append(dict(d_nan=one(jnp.isnan(d)), g_nan=one(jnp.isnan(g))))
     if moments is not None:
         m, second = moments.first.astype(f32), moments.second.astype(f32)
         # v = E[g^2]: Adam's nu, or the tracker's var + mean^2.
@@ -233,12 +228,30 @@ def _leaf_stats(
     # an all-reduce. (A single variadic lax.reduce over all of them is not partitioned -- it
     # would gather sharded leaves -- and on XLA:CPU it is slower, not faster.)
     v = {k: jnp.sum(x) for r in groups for k, x in r.items()}
-    v.update(d_max=jnp.max(dn), d_min=jnp.min(dn), gn_max=jnp.max(gn), gn_min=jnp.min(gn))
-    if s.delta_scale == "none":
-        v["dn_sum"], v["dn_sum2"] = v["d_sum"], v["d_sum2"]
-    if s.grad_scale == "none":
-        v["gn_sum"], v["gn_sum2"] = v["g_sum"], v["g_sum2"]
-    v.update(n=jnp.asarray(d.size, f32), d_scale=d_scale)
+
+    def scale(sum2_key: str, kind: str):  # rms = sqrt(mean x^2), 1 when 0 or not finite
+        if kind == "none":
+            return jnp.ones((), f32)
+        rms = jnp.sqrt(v[sum2_key] / n)
+        return jnp.where((rms > 0) & jnp.isfinite(rms), rms, 1.0)
+
+    d_scale = scale("d_sum2", s.delta_scale)
+    g_scale = scale("g_sum2", s.grad_scale)
+    dn = d / d_scale if s.delta_scale == "rms" else d
+    gn = g / g_scale if s.grad_scale == "rms" else g
+    v.update(
+        dn_sum=v["d_sum"] / d_scale,
+        dn_sum2=v["d_sum2"] / (d_scale * d_scale),
+        gn_sum=v["g_sum"] / g_scale,
+        gn_sum2=v["g_sum2"] / (g_scale * g_scale),
+        u_sum2=v["d_sum2"] / (inv_lr * inv_lr),
+        d_max=jnp.max(dn),
+        d_min=jnp.min(dn),
+        gn_max=jnp.max(gn),
+        gn_min=jnp.min(gn),
+        n=jnp.asarray(n, f32),
+        d_scale=d_scale,
+    )
     zero = jnp.zeros((), f32)
     for k in LAYER_FIELDS:
         v.setdefault(k, zero)
@@ -250,6 +263,8 @@ def _leaf_stats(
         counts = jnp.zeros((n_bins * n_bins,), jnp.int32)
         counts = counts.at[joint].add(1, mode="promise_in_bounds").reshape(n_bins, n_bins)
         hist = jnp.stack([counts.sum(axis=1), counts.sum(axis=0)])
+        v["d_nan"] = hist[0, -1].astype(f32)  # the NaN bins
+        v["g_nan"] = hist[1, -1].astype(f32)
     return v, hist
 
 
