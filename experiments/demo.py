@@ -100,7 +100,12 @@ def main() -> None:
     print(f"\nOutputs in {rel}/: adam/ and signum/ (metrics.jsonl, tensorboard/, checkpoints/),"
           f" loss.png")
     print(f"Loss curves: {rel}/loss.png")
-    print(f"TensorBoard: tensorboard --logdir {rel}")
+    tb = Path(sys.executable).with_name("tensorboard")
+    tb_cmd = os.path.relpath(tb, Path.cwd()) if tb.exists() else "tensorboard"
+    print(f"TensorBoard: {tb_cmd} --logdir {rel}")
+    if not args.no_monitor:
+        print(f"Report (update histograms vs theory): {os.path.relpath(sys.executable)} -m "
+              f"optaxlab.report {rel}/adam")
 
 
 if __name__ == "__main__":
