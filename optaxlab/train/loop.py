@@ -92,6 +92,8 @@ def train(config, workdir: str | Path, *, devices=None, stop_after: int | None =
     mcfg = config.monitor
     if "theory_b2" in mcfg and mcfg.theory_b2 is None:
         mcfg.theory_b2 = optim.second_moment_decay(config.optimizer)
+    if "theory_b1" in mcfg and mcfg.theory_b1 is None:
+        mcfg.theory_b1 = optim.first_moment_decay(config.optimizer)
     measure, monitor_write = _monitor_fns(mcfg)
     every = mcfg.get("every", 0)
 

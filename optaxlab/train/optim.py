@@ -92,6 +92,14 @@ def learning_rate(opt_state) -> jax.Array:
     return opt_state.hyperparams["learning_rate"]
 
 
+def first_moment_decay(opt_cfg) -> float | None:
+    """b1 of a bias-corrected Adam (adam, adamw), for the monitor's bias-corrected spread."""
+    hp = optimizer_hparams(opt_cfg)
+    if opt_cfg.name in ("adam", "adamw") and hp.get("bias_correction", True) and "b1" in hp:
+        return float(hp["b1"])
+    return None
+
+
 def second_moment_decay(opt_cfg) -> float | None:
     """b2 of the optimizer (or `beta` of adam_equal_betas); None without a second moment."""
     hp = optimizer_hparams(opt_cfg)
