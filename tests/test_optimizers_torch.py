@@ -13,27 +13,11 @@ import optax
 import pytest
 
 from optaxlab import optimizers
+from optaxlab.testing import SHAPES, STEPS, stream
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
-SHAPES = {"w": (12, 10), "b": (10,), "v": (70,)}  # 200 coordinates
-STEPS = 120
-
-
-def stream(kind: str, seed: int = 0, steps: int = STEPS) -> dict:
-    """Random gradients with a per-coordinate scale and drift: Gaussian or Student-t(1.5)."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for k, shape in SHAPES.items():
-        scale = 10.0 ** rng.uniform(-2, 1, size=shape)
-        drift = rng.normal(size=shape)
-        if kind == "gaussian":
-            noise = rng.normal(size=(steps, *shape))
-        else:
-            noise = rng.standard_t(1.5, size=(steps, *shape))
-        out[k] = (scale * (0.3 * drift + noise)).astype(np.float32)
-    return out
 
 
 def init_params(seed: int = 100) -> dict:

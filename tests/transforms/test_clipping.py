@@ -1,42 +1,12 @@
 """optaxlab.transforms.clipping: CClip and ACClip (seed 003) against numpy recurrences."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 from optaxlab import transforms as T
-
-SHAPES = {"w": (12, 10), "b": (10,), "v": (70,)}  # 200 coordinates
-STEPS = 120
-
-
-def stream(kind: str, seed: int = 0, steps: int = STEPS) -> dict:
-    """Random gradients with a per-coordinate scale and drift: Gaussian or Student-t(1.5)."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for k, shape in SHAPES.items():
-        scale = 10.0 ** rng.uniform(-2, 1, size=shape)
-        drift = rng.normal(size=shape)
-        if kind == "gaussian":
-            noise = rng.normal(size=(steps, *shape))
-        else:
-            noise = rng.standard_t(1.5, size=(steps, *shape))
-        out[k] = (scale * (0.3 * drift + noise)).astype(np.float32)
-    return out
-
-
-def run(tx: optax.GradientTransformation, grads: dict):
-    """All updates of `tx` over the stream (leading time axis), and the final state.
-
-    A jitted step in a Python loop: compiling one step costs about half a compiled scan."""
-    params = jax.tree.map(lambda v: jnp.zeros(v.shape[1:], jnp.float32), grads)
-    step, state, us = jax.jit(tx.update), tx.init(params), []
-    for t in range(len(next(iter(grads.values())))):
-        u, state = step(jax.tree.map(lambda v, t=t: v[t], grads), state, params)
-        us.append(u)
-    return jax.tree.map(lambda *x: np.stack(x), *us), state
+from optaxlab.testing import run, stream
 
 
 def np_acclip(g, b1, b2, alpha, eps):
