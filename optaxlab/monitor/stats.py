@@ -108,9 +108,15 @@ def layer_groups(params, config) -> dict[str, list[str]]:
     return groups
 
 
+# States whose (mu, nu) are *not* a gradient mean and second moment: ACClip's nu is an EMA of
+# |g|^alpha and LaProp's mu is a momentum of normalized gradients, so seed 002's spread does not
+# apply to them (matched by name: monitor does not import optaxlab.transforms).
+_NOT_MOMENTS = ("ScaleByACClipState", "ScaleByLaPropState")
+
+
 def _is_moment_node(x) -> bool:
     fields = getattr(x, "_fields", None)
-    if not isinstance(x, tuple) or fields is None:
+    if not isinstance(x, tuple) or fields is None or type(x).__name__ in _NOT_MOMENTS:
         return False
     return ("mu" in fields and "nu" in fields) or ("mean" in fields and "var" in fields)
 
