@@ -42,3 +42,14 @@ def run(tx: optax.GradientTransformation, grads: dict):
         u, state = step(jax.tree.map(lambda v, t=t: v[t], grads), state, params)
         us.append(u)
     return jax.tree.map(lambda *x: np.stack(x), *us), state
+
+
+def np_ema(g: np.ndarray, beta: float, init: str = "zero") -> np.ndarray:
+    """Reference EMA over the leading time axis in float64: m_t = beta m_{t-1} + (1 - beta) g_t,
+    m_0 = 0 ('zero') or m_1 = g_1 ('first', gradient init)."""
+    g = g.astype(np.float64)
+    m, out = np.zeros_like(g[0]), []
+    for t in range(len(g)):
+        m = g[0] if (init == "first" and t == 0) else beta * m + (1 - beta) * g[t]
+        out.append(m)
+    return np.stack(out)

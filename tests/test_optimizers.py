@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from optaxlab import optimizers
-from optaxlab.testing import SHAPES, STEPS, stream
+from optaxlab.testing import SHAPES, STEPS, np_ema, stream
 from optaxlab.transforms._checks import is_number
 
 ISSUE_NAMES = [
@@ -170,13 +170,6 @@ def test_matches_optax_alias(name, kw, ref):
 # --------------------------------------------------------------------------- numpy references
 
 
-def np_ema(g, beta, init="zero"):
-    g = g.astype(np.float64)
-    m, out = np.zeros_like(g[0]), []
-    for t in range(len(g)):
-        m = g[0] if (init == "first" and t == 0) else beta * m + (1 - beta) * g[t]
-        out.append(m)
-    return np.stack(out)
 
 
 def np_momentum(g, mu):

@@ -13,7 +13,7 @@ import pytest
 import scipy.optimize
 
 from optaxlab import transforms as T
-from optaxlab.testing import STEPS, run, stream
+from optaxlab.testing import STEPS, np_ema, run, stream
 
 
 def assert_stream_close(actual, expected, rtol=1e-5):
@@ -23,14 +23,6 @@ def assert_stream_close(actual, expected, rtol=1e-5):
         np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, err_msg=k)
 
 
-def np_ema(g, beta, init="zero"):
-    g = g.astype(np.float64)
-    m = np.zeros_like(g[0])
-    out = []
-    for t in range(len(g)):
-        m = g[0] if (init == "first" and t == 0) else beta * m + (1 - beta) * g[t]
-        out.append(m)
-    return np.stack(out)
 
 
 # --------------------------------------------------------------------------- ema / trace

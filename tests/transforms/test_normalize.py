@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from optaxlab import transforms as T
-from optaxlab.testing import STEPS, run, stream
+from optaxlab.testing import STEPS, np_ema, run, stream
 
 
 def assert_stream_close(actual, expected, rtol=1e-5, atol=None):
@@ -21,13 +21,6 @@ def assert_stream_close(actual, expected, rtol=1e-5, atol=None):
         np.testing.assert_allclose(a, e, rtol=rtol, atol=floor, err_msg=k)
 
 
-def np_ema(g, beta, init="zero"):
-    g = g.astype(np.float64)
-    m, out = np.zeros_like(g[0]), []
-    for t in range(len(g)):
-        m = g[0] if (init == "first" and t == 0) else beta * m + (1 - beta) * g[t]
-        out.append(m)
-    return np.stack(out)
 
 
 def equal_betas(beta, bias_correction=True, c=1.0, eps=0.0, init="zero"):
