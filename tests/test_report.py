@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tensorboardX import SummaryWriter
 
 from optaxlab import monitor, report
 
@@ -27,7 +26,7 @@ def _workdir(tmp_path, steps=6):
         return optax.apply_updates(params, u), state, stats
 
     workdir = tmp_path / "run"
-    writer = SummaryWriter(str(workdir / "tensorboard"))
+    writer = monitor.EventWriter(str(workdir / "tensorboard"))
     state, logged = opt.init(params), {}
     with open(workdir / "metrics.jsonl", "w") as f:
         for t in range(1, steps + 1):

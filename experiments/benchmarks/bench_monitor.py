@@ -8,8 +8,11 @@ the same jitted step in one process -- off (no monitor code: every = 0), scalars
 every step) -- timed in interleaved rounds (the variant order rotates every round). Two times per
 variant, medians over rounds:
   device  K steps dispatched back to back, then one block: the compiled step alone;
-  loop    the trainer's loop: dispatch step t, fetch step t-1's stats and `monitor.write` them to
-          TensorBoard (one step behind, as optaxlab.train does), i.e. including the host side.
+  loop    the trainer's loop with its host side: dispatch step t, fetch step t-1's metrics (one
+          step behind, as optaxlab.train does) and log them as the trainer does -- train scalars
+          to TensorBoard and a metrics.jsonl record (`optaxlab.train.metrics.Writer`) every
+          `log_every` steps when the monitor is off, every step plus `monitor.write` (the
+          monitor's scalars and histograms in one event, its scalars in the record) when on.
 Each is reported as wall time and as process CPU time (all threads: XLA's and the host's), the
 latter being the robust number on a machine shared with other jobs. Overhead = median /
 median(off) - 1, goal <= 1% (scalars) and <= 3% (full). Images are off (image_steps = ()); they
@@ -105,11 +108,22 @@ def _variants(config):
 def bench_step(name: str, rounds: int, steps: int) -> list[str]:
     config = _load_config(name)
     variants, init_fn, batch, n_params = _variants(config)
-    tb_dir = tempfile.mkdtemp(prefix="bench_monitor_")
-    from tensorboardX import SummaryWriter
+    from optaxlab.train import metrics as metrics_lib
 
-    writer = SummaryWriter(tb_dir)
+    writer = metrics_lib.Writer(Path(tempfile.mkdtemp(prefix="bench_monitor_")))
+    settings = {v: None if c is None else monitor.settings(c) for v, (_, c) in variants.items()}
     states = {v: init_fn() for v in variants}
+
+    def log(step: int, m, stats, mset) -> None:  # the trainer's `handle`, minus the NaN policy
+        if mset is None and step % config.log_every:
+            return
+        train = {k: float(m[k]) for k in ("loss", "lr", "grad_norm", "update_norm")}
+        writer.scalars(step, train, "train")
+        record = {"step": step, **train}
+        if mset is not None:
+            record.update(monitor.write(writer.tb, step, stats, mset))
+        writer.record(record)
+
     layers = 0
     # warm-up: compile every variant and write once
     for v, (fn, mcfg) in variants.items():
@@ -117,7 +131,7 @@ def bench_step(name: str, rounds: int, steps: int) -> list[str]:
         jax.block_until_ready(m)
         if mcfg is not None:
             host = jax.device_get(stats)
-            monitor.write(writer, 1, host, mcfg)
+            log(1, jax.device_get(m), host, settings[v])
             layers = len(monitor.layer_names(host))
 
     times = {v: {k: [] for k in ("device", "loop", "device_cpu", "loop_cpu")} for v in variants}
@@ -140,16 +154,11 @@ def bench_step(name: str, rounds: int, steps: int) -> list[str]:
             for _ in range(steps):
                 states[v], m, stats = fn(states[v], batch)
                 if pending is not None:
-                    pm, ps = jax.device_get(pending)
-                    float(pm["loss"])
-                    if mcfg is not None:
-                        monitor.write(writer, step_no, ps, mcfg)
-                        step_no += 1
+                    log(step_no, *jax.device_get(pending), settings[v])
+                    step_no += 1
                 pending = (m, stats)
-            pm, ps = jax.device_get(pending)
-            if mcfg is not None:
-                monitor.write(writer, step_no, ps, mcfg)
-                step_no += 1
+            log(step_no, *jax.device_get(pending), settings[v])
+            step_no += 1
             times[v]["loop"].append((time.perf_counter() - t0) / steps)
             times[v]["loop_cpu"].append((time.process_time() - c0) / steps)
     writer.close()

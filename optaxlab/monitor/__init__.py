@@ -24,13 +24,15 @@ names are static and are looked up on the host from 'layout' (`layer_names`, `la
 Typical use outside the trainer (the trainer does exactly this):
 
     stats = jax.jit(lambda g, u, p, s: monitor.measure(g, u, p, s, lr, t, cfg))(g, u, p, s)
-    scalars = monitor.write(tensorboardX.SummaryWriter(logdir), t, jax.device_get(stats), cfg)
+    with monitor.EventWriter(logdir) as tb:
+        scalars = monitor.write(tb, t, jax.device_get(stats), cfg)
 
 With `every = 0` the trainer never calls `measure`, so the compiled step has no monitor code.
 TensorBoard tags and the meaning of every scalar: `optaxlab.monitor.overlay`.
 """
 
 from optaxlab.monitor.config import Settings, default_config, settings
+from optaxlab.monitor.events import EventWriter
 from optaxlab.monitor.overlay import summarize, theory_at, tv_distance
 from optaxlab.monitor.stats import (
     LAYER_FIELDS,
@@ -43,6 +45,7 @@ from optaxlab.monitor.stats import (
 from optaxlab.monitor.writer import IMAGE_TAG, write
 
 __all__ = [
+    "EventWriter",
     "IMAGE_TAG",
     "LAYER_FIELDS",
     "Settings",

@@ -44,6 +44,7 @@ hold the theory's values at this step: m_eff, var_abs, kurtosis, bimodality, tai
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Mapping
 
@@ -200,7 +201,8 @@ def summarize(stats: Mapping[str, np.ndarray], config) -> dict[str, float]:
     th = None
     if b2 is not None and s.delta_scale == "none" and step >= 1:
         th = theory_at(b2, step, float(s.delta_range), s.bins, float(s.tail))
-    out: dict[str, float] = {}
+    out: dict[str, float] = {}  # per-layer scalars (filtered as arrays)
+    rest: dict[str, float] = {}  # pooled and theory scalars
     if names:
         v = np.asarray(stats["stats"], np.float64)
         per_layer, total = _derive(v), _derive(v.sum(axis=0))  # min/max columns unused
@@ -210,19 +212,27 @@ def summarize(stats: Mapping[str, np.ndarray], config) -> dict[str, float]:
                 p = h / h.sum(axis=1, keepdims=True)
             per_layer["theory_tv"] = 0.5 * np.abs(p - th["masses"]).sum(axis=1)
             total["theory_tv"] = tv_distance(h.sum(axis=0), th["masses"])
+        key = tuple(names)
         for k, col in per_layer.items():
-            for n, x in zip(names, col.tolist(), strict=True):
-                out[f"{k}/{n}"] = x
+            ok = np.isfinite(col)
+            tags = itertools.compress(_tags(k, key), ok.tolist())
+            out.update(zip(tags, col[ok].tolist(), strict=True))
         for k, x in total.items():
             if not k.startswith("shape_"):
-                out[f"monitor/{k}"] = float(x)
+                rest[f"monitor/{k}"] = float(x)
     if "learning_rate" in stats:
-        out["monitor/learning_rate"] = float(np.asarray(stats["learning_rate"]))
+        rest["monitor/learning_rate"] = float(np.asarray(stats["learning_rate"]))
     if th is not None:
-        out["theory/m_eff"] = th["m_eff"]
-        out["theory/update_var"] = 1.0
-        out["theory/update_var_abs"] = th["var_abs"]
-        out["theory/shape_kurtosis"] = th["kurtosis"]
-        out["theory/shape_bimodality"] = th["bimodality"]
-        out["theory/shape_tail"] = th["tail"]
-    return {k: x for k, x in out.items() if math.isfinite(x)}
+        rest["theory/m_eff"] = th["m_eff"]
+        rest["theory/update_var"] = 1.0
+        rest["theory/update_var_abs"] = th["var_abs"]
+        rest["theory/shape_kurtosis"] = th["kurtosis"]
+        rest["theory/shape_bimodality"] = th["bimodality"]
+        rest["theory/shape_tail"] = th["tail"]
+    out.update((k, x) for k, x in rest.items() if math.isfinite(x))
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _tags(metric: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{metric}/{n}" for n in names)

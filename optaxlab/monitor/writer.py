@@ -1,7 +1,9 @@
 """Host side: write one step's monitor statistics to TensorBoard (no TensorFlow needed).
 
-All scalars and histograms of a step go into one TensorBoard event (one `Summary` with many
-values), which costs far less than one event per value. Tags:
+All scalars and histograms of a step go into one TensorBoard event, encoded straight to bytes by
+`optaxlab.monitor.events` (the trainer's writer); any other writer with tensorboardX's method
+names (`add_scalar`, `add_histogram_raw`, `add_image`; e.g. tensorboardX or
+torch.utils.tensorboard) gets one call per value instead. Tags:
 
   update_hist/<layer>, grad_hist/<layer>   histograms (bins + under/overflow buckets)
   <metric>/<layer>, monitor/<metric>, theory/<metric>   scalars, see `overlay.summarize`
@@ -13,15 +15,29 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 
-from optaxlab.monitor import overlay, plots
+from optaxlab.monitor import events, overlay, plots
 from optaxlab.monitor.config import settings
 from optaxlab.monitor.stats import FIELD, layer_names
 
 IMAGE_TAG = "update_vs_theory"
 GRID_TAGS = ("monitor/bins", "monitor/delta_range", "monitor/grad_range")
+
+
+class Histogram(NamedTuple):
+    """One TensorBoard histogram (the fields of `HistogramProto`)."""
+
+    tag: str
+    min: float
+    max: float
+    num: float
+    sum: float
+    sum_squares: float
+    bucket_limit: np.ndarray  # right limits of the buckets
+    bucket: np.ndarray  # counts
 
 
 @functools.lru_cache(maxsize=16)
@@ -31,51 +47,47 @@ def _limits(r: float, bins: int) -> np.ndarray:
     return np.concatenate([e, [e[-1] + (e[-1] - e[-2])]])
 
 
-def histogram_values(stats: Mapping[str, np.ndarray], config) -> list:
-    """`Summary.Value`s of the per-layer update and gradient histograms.
+@functools.lru_cache(maxsize=64)
+def _tags(prefix: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{prefix}/{n}" for n in names)
+
+
+def histograms(stats: Mapping[str, np.ndarray], config) -> list[Histogram]:
+    """The per-layer update and gradient histograms of one step.
 
     Buckets: underflow (right limit -R), the bins, overflow (right limit R + width), with the
     empty buckets at both ends left out (TensorBoard drops them too and takes the outer edges of
     the first and last non-empty bucket from min/max); `bucket_position` puts them back on the
-    grid. Halves the event size, and with it the (pure-Python, without the `crc32c` package)
-    checksum cost of tensorboardX.
+    grid. Halves the event size.
     """
-    from tensorboardX.proto.summary_pb2 import HistogramProto, Summary
-
     s = settings(config)
     if "delta_hist" not in stats:
         return []
     v = np.asarray(stats["stats"], np.float64)
+    names = tuple(layer_names(stats))
     out = []
     for prefix, key, r, p, q in (
         ("update_hist", "delta_hist", s.delta_range, "d", "dn"),
         ("grad_hist", "grad_hist", s.grad_range, "gn", "gn"),
     ):
         limits = _limits(float(r), s.bins)
-        counts = np.asarray(stats[key])
+        counts = np.asarray(stats[key], np.float64)
         nz = counts > 0
         first = np.where(nz.any(1), nz.argmax(1), 0)
         last = np.where(nz.any(1), counts.shape[1] - 1 - nz[:, ::-1].argmax(1), 0)
+        num = counts.sum(1)
         cols = v[:, [FIELD[f"{p}_min"], FIELD[f"{p}_max"], FIELD[f"{q}_sum"], FIELD[f"{q}_sum2"]]]
-        for name, c, i, j, (lo, hi, total, total_sq) in zip(
-            layer_names(stats), counts, first.tolist(), last.tolist(), cols.tolist(), strict=True
+        for tag, c, i, j, n, (lo, hi, total, total_sq) in zip(
+            _tags(prefix, names), counts, first.tolist(), last.tolist(), num.tolist(),
+            cols.tolist(), strict=True,
         ):
-            h = HistogramProto(
-                min=lo,
-                max=hi,
-                num=float(c.sum()),
-                sum=total,
-                sum_squares=total_sq,
-                bucket_limit=limits[i : j + 1].tolist(),
-                bucket=c[i : j + 1].tolist(),
-            )
-            out.append(Summary.Value(tag=f"{prefix}/{name}", histo=h))
+            out.append(Histogram(tag, lo, hi, n, total, total_sq, limits[i : j + 1], c[i : j + 1]))
     return out
 
 
 def bucket_position(limits, r: float, bins: int) -> np.ndarray:
     """Index in the bins + 2 grid (0 underflow, bins + 1 overflow) of buckets given by their
-    right limits, as written by `histogram_values`."""
+    right limits, as written by `histograms`."""
     width = 2.0 * r / bins
     return np.rint((np.asarray(limits, np.float64) + r) / width).astype(np.int64)
 
@@ -97,10 +109,12 @@ def write(tb_writer, step: int, stats: Mapping[str, np.ndarray], config) -> dict
     """Writes one step's monitor output to TensorBoard; returns the flat scalars.
 
     Args:
-      tb_writer: a `tensorboardX.SummaryWriter` (or None: nothing written, e.g. process != 0).
+      tb_writer: an `optaxlab.monitor.events.EventWriter` (one event per step, the fast path),
+        any writer with tensorboardX's `add_scalar`/`add_histogram_raw`/`add_image`, or None
+        (nothing written, e.g. on processes other than 0).
       step: the step number the summaries are recorded at.
       stats: the host copy (numpy) of `measure`'s output for this step.
-      config: the `config.monitor` block.
+      config: the `config.monitor` block (or its `settings`, which saves re-validating it).
 
     Returns:
       {tag: float} of every finite scalar (see `overlay.summarize`), for metrics.jsonl.
@@ -114,21 +128,17 @@ def write(tb_writer, step: int, stats: Mapping[str, np.ndarray], config) -> dict
         scalars[GRID_TAGS[2]] = float(s.grad_range)
     if tb_writer is None:
         return scalars
-    from tensorboardX.proto.summary_pb2 import Summary
-
-    values = [Summary.Value(tag=k, simple_value=v) for k, v in scalars.items()]
-    values += histogram_values(stats, s)
-    file_writer = getattr(tb_writer, "_get_file_writer", None)
-    if file_writer is not None:
-        file_writer().add_summary(Summary(value=values), int(step))
-    else:  # another writer with the public API only: one call per value
-        for v in values:
-            if not v.HasField("histo"):
-                tb_writer.add_scalar(v.tag, v.simple_value, int(step))
-                continue
-            h = v.histo
-            args = (h.min, h.max, h.num, h.sum, h.sum_squares, list(h.bucket_limit))
-            tb_writer.add_histogram_raw(v.tag, *args, list(h.bucket), int(step))
-    if "delta_hist" in stats and int(step) in s.image_steps and layer_names(stats):
-        tb_writer.add_image(IMAGE_TAG, image(stats, s, scalars), int(step), dataformats="HWC")
+    step = int(step)
+    if isinstance(tb_writer, events.EventWriter):
+        summary = [events.scalars(scalars)]
+        summary += [events.histogram(*h) for h in histograms(stats, s)]
+        tb_writer.write(step, b"".join(summary))
+    else:
+        for k, x in scalars.items():
+            tb_writer.add_scalar(k, x, step)
+        for h in histograms(stats, s):
+            tb_writer.add_histogram_raw(h.tag, h.min, h.max, h.num, h.sum, h.sum_squares,
+                                        h.bucket_limit.tolist(), h.bucket.tolist(), step)
+    if "delta_hist" in stats and step in s.image_steps and layer_names(stats):
+        tb_writer.add_image(IMAGE_TAG, image(stats, s, scalars), step, dataformats="HWC")
     return scalars

@@ -96,6 +96,7 @@ def train(config, workdir: str | Path, *, devices=None, stop_after: int | None =
         mcfg.theory_b1 = optim.first_moment_decay(config.optimizer)
     measure, monitor_write = _monitor_fns(mcfg)
     every = mcfg.get("every", 0)
+    msettings = monitor.settings(mcfg) if every else None  # validated once, not every step
 
     mesh = mesh_lib.make_mesh(plan.mesh_shape, devices)
     tx = optim.make_optimizer(config.optimizer, config.steps)
@@ -191,10 +192,10 @@ def train(config, workdir: str | Path, *, devices=None, stop_after: int | None =
             writer.scalars(step, train_metrics, "train")
             record = {"step": step, **train_metrics}
             if stats and is_main:
-                record.update(monitor_write(writer.tb, step, stats, mcfg) or {})
-            bar.set_postfix(loss=f"{train_metrics['loss']:.4f}", **(
+                record.update(monitor_write(writer.tb, step, stats, msettings) or {})
+            bar.set_postfix(loss=f"{train_metrics['loss']:.4f}", refresh=False, **(
                 {f"{unit[:3]}/s": f"{train_metrics[f'{unit}_per_sec']:.0f}"}
-                if f"{unit}_per_sec" in train_metrics else {}))
+                if f"{unit}_per_sec" in train_metrics else {}))  # drawn at the next update
             return record
 
         def emit(record: dict[str, Any] | None) -> None:

@@ -1,8 +1,9 @@
 """Metric sinks: WORKDIR/metrics.jsonl (one JSON object per logged step) and TensorBoard.
 
-TensorBoard events are written with tensorboardX (no TensorFlow) to WORKDIR/tensorboard. On
-resume from step k, metrics.jsonl keeps only the records with step <= k (rewritten atomically, so
-the file never has duplicates) and the TensorBoard writer purges events after k.
+TensorBoard events are written by `optaxlab.monitor.events.EventWriter` (no TensorFlow, no
+background thread) to WORKDIR/tensorboard. On resume from step k, metrics.jsonl keeps only the
+records with step <= k (rewritten atomically, so the file never has duplicates) and the new event
+file starts with a marker that makes TensorBoard drop the earlier run's events after k.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from optaxlab.monitor import events
 
 log = logging.getLogger("optaxlab.train")
 
@@ -71,29 +74,33 @@ class Writer:
         self._file = None
         if not enabled:
             return
-        from tensorboardX import SummaryWriter
-
         workdir = Path(workdir)
         self.path = workdir / "metrics.jsonl"
         truncate_jsonl(self.path, resume_step)
-        self.tb = SummaryWriter(str(workdir / "tensorboard"),
-                                purge_step=resume_step + 1 if resume_step else None)
+        self.tb = events.EventWriter(workdir / "tensorboard",
+                                     purge_step=resume_step + 1 if resume_step else None)
         self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
 
     def scalars(self, step: int, values: dict[str, Any], prefix: str) -> None:
         """TensorBoard scalars `prefix/name`."""
         if self.tb is None:
             return
+        out = {}
         for k, v in values.items():
             v = _clean(v)
             if isinstance(v, (int, float)) and not isinstance(v, bool):
-                self.tb.add_scalar(f"{prefix}/{k}", v, step)
+                out[f"{prefix}/{k}"] = v
+        self.tb.add_scalars(out, step)  # one event
 
     def record(self, record: dict[str, Any]) -> None:
         """One line of metrics.jsonl (flushed, so a crash loses at most this line)."""
         if self._file is None:
             return
-        self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        try:  # plain python numbers, all finite (the common case)
+            line = json.dumps(record, allow_nan=False)
+        except (TypeError, ValueError):  # numpy scalars, NaN/inf -> null
+            line = json.dumps({k: _clean(v) for k, v in record.items()})
+        self._file.write(line + "\n")
         self._file.flush()
 
     def flush(self) -> None:

@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from tensorboard.backend.event_processing import event_accumulator as ea
-from tensorboardX import SummaryWriter
 
 from optaxlab import monitor
 
@@ -30,7 +29,7 @@ def test_events_have_a_histogram_per_layer_per_logged_step(tmp_path):
         return optax.apply_updates(params, u), state, stats
 
     logdir = tmp_path / "tensorboard"
-    writer = SummaryWriter(str(logdir))
+    writer = monitor.EventWriter(str(logdir))
     state = opt.init(params)
     logged, returned = {}, {}
     for t in range(1, 5):
@@ -83,3 +82,37 @@ def params_shape(params, layer):
     for k in layer.split("/"):
         node = node[k]
     return node.shape
+
+
+def test_other_writers_get_the_same_summaries(tmp_path):
+    """A writer with tensorboardX's method names (here torch.utils.tensorboard's) gets one call
+    per value; TensorBoard reads the same histograms and scalars as from our EventWriter."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    rng = np.random.default_rng(1)
+    params = {"a": {"kernel": jnp.zeros((20, 10))}, "b": {"bias": jnp.zeros((10,))}}
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
+    opt = optax.adam(0.1, b1=0.0, b2=0.9)
+    u, state = opt.update(grads, opt.init(params), params)
+    cfg = monitor.default_config()
+    cfg.theory_b2, cfg.image_steps = 0.9, ()
+    stats = jax.device_get(monitor.measure(grads, u, params, state, 0.1, 1, cfg))
+    torch_writer = SummaryWriter(str(tmp_path / "torch"))
+    ours = monitor.EventWriter(tmp_path / "ours")
+    assert monitor.write(torch_writer, 1, stats, cfg) == monitor.write(ours, 1, stats, cfg)
+    torch_writer.close()
+    ours.close()
+    accs = {}
+    for name in ("torch", "ours"):
+        accs[name] = ea.EventAccumulator(str(tmp_path / name), size_guidance={ea.SCALARS: 0})
+        accs[name].Reload()
+    tags = accs["ours"].Tags()
+    assert tags["histograms"] == accs["torch"].Tags()["histograms"]
+    assert len(tags["histograms"]) == 4 and set(tags["scalars"]) == set(
+        accs["torch"].Tags()["scalars"]
+    )
+    for tag in tags["histograms"]:
+        a, b = (accs[n].Histograms(tag)[0].histogram_value for n in ("ours", "torch"))
+        assert a == b, tag
+    for tag in tags["scalars"]:
+        assert accs["ours"].Scalars(tag)[0].value == accs["torch"].Scalars(tag)[0].value, tag
