@@ -205,18 +205,19 @@ def summarize(stats: Mapping[str, np.ndarray], config) -> dict[str, float]:
     rest: dict[str, float] = {}  # pooled and theory scalars
     if names:
         v = np.asarray(stats["stats"], np.float64)
-        per_layer, total = _derive(v), _derive(v.sum(axis=0))  # min/max columns unused
+        both = _derive(np.concatenate([v, v.sum(axis=0, keepdims=True)]))  # last row: pooled
+        per_layer = {k: x[:-1] for k, x in both.items()}  # (min/max columns unused)
+        total = {k: x[-1] for k, x in both.items()}
         if th is not None and "delta_hist" in stats:
             h = np.asarray(stats["delta_hist"], np.float64)
             with np.errstate(divide="ignore", invalid="ignore"):
                 p = h / h.sum(axis=1, keepdims=True)
             per_layer["theory_tv"] = 0.5 * np.abs(p - th["masses"]).sum(axis=1)
             total["theory_tv"] = tv_distance(h.sum(axis=0), th["masses"])
-        key = tuple(names)
-        for k, col in per_layer.items():
-            ok = np.isfinite(col)
-            tags = itertools.compress(_tags(k, key), ok.tolist())
-            out.update(zip(tags, col[ok].tolist(), strict=True))
+        cols = np.stack(list(per_layer.values())).ravel()  # [metric, layer], flattened
+        ok = np.isfinite(cols)
+        tags = itertools.compress(_tags(tuple(per_layer), tuple(names)), ok.tolist())
+        out.update(zip(tags, cols[ok].tolist(), strict=True))
         for k, x in total.items():
             if not k.startswith("shape_"):
                 rest[f"monitor/{k}"] = float(x)
@@ -233,6 +234,7 @@ def summarize(stats: Mapping[str, np.ndarray], config) -> dict[str, float]:
     return out
 
 
-@functools.lru_cache(maxsize=256)
-def _tags(metric: str, names: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(f"{metric}/{n}" for n in names)
+@functools.lru_cache(maxsize=64)
+def _tags(metrics: tuple[str, ...], names: tuple[str, ...]) -> tuple[str, ...]:
+    """'<metric>/<layer>' for every metric and layer, metric-major."""
+    return tuple(f"{k}/{n}" for k in metrics for n in names)
