@@ -12,8 +12,16 @@ Per layer `measure` returns raw sums (count, sum x, sum x^2, sum |x|, sum x^3, s
 ...) rather than derived scalars: they add across leaves, shards and layers, and the host turns
 them into variances, skewness, distances in float64 (`optaxlab.monitor.overlay.summarize`).
 
-Cost: about one pass over the coordinates per statistic (~20 fused elementwise + reduce kernels
-per leaf) plus one scatter; see experiments/benchmarks/bench_monitor.py.
+Cost: about one pass over the coordinates per statistic (~20 fused elementwise + reduce kernels)
+plus one scatter, per block of leaves. Leaves of at most STACK_MAX_SIZE coordinates on one device
+are stacked into blocks (as rows of up to 4096 coordinates, so different shapes share a block;
+each statistic is one reduction giving a value per row, and one small segment sum adds the rows
+into leaves), so many small leaves pay the per-kernel overhead once per block, not per leaf.
+Bigger leaves are blocks of their own: on XLA:CPU the copy that stacking makes costs more than
+the kernels it saves from ~16K coordinates on (lm_tiny: 21 leaves in 10 blocks, ~450 instead of
+~1000 kernels, measure ~30% faster; 64 leaves of 16K: unchanged). Leaves on a multi-device mesh
+are never stacked (their sharding is not known at trace time; stacking differently sharded
+leaves would move data). See experiments/benchmarks/bench_monitor.py.
 """
 
 from __future__ import annotations
@@ -62,7 +70,6 @@ LAYER_FIELDS = (
     "snr_n",
 )
 FIELD = {k: i for i, k in enumerate(LAYER_FIELDS)}
-_ADD = tuple(k for k in LAYER_FIELDS if not k.endswith(("_min", "_max")))
 
 
 class MomentPair(NamedTuple):
@@ -165,44 +172,119 @@ def _bin_index(x: jax.Array, r: float, bins: int) -> jax.Array:
     return jnp.where(jnp.isnan(x), float(bins + 2), i).astype(jnp.int32)
 
 
-def _leaf_stats(
+# Leaves of at most this many coordinates are stacked with their siblings (see `_blocks`);
+# bigger ones are bandwidth bound, and stacking would copy them. 0 turns stacking off.
+STACK_MAX_SIZE = 1 << 13
+# ... and a block holds at most this many coordinates: materializing big stacked copies and
+# temporaries costs more (fresh memory) than the per-kernel overhead stacking saves.
+BLOCK_MAX_SIZE = 1 << 17
+# Unsharded leaves are stacked as rows of ROW coordinates (or of the largest power of two,
+# >= MIN_ROW, that divides their size), so that leaves of different shapes share one block.
+ROW = 4096
+MIN_ROW = 64
+
+
+def _one_device(x) -> bool:
+    """Whether x lives on one device (or on no mesh), so that stacking it moves no data.
+
+    With Auto mesh axes (the trainer's) a traced value's partition spec is not known at trace
+    time (XLA propagates it later), so leaves on a multi-device mesh are never stacked:
+    stacking leaves that are sharded differently (a transposed out-projection, say) would
+    reshard them, and the compiled step must not gather."""
+    if not isinstance(x, jax.core.Tracer):
+        sh = getattr(x, "sharding", None)
+        return sh is None or len(sh.device_set) == 1
+    mesh = getattr(getattr(jax.typeof(x), "sharding", None), "mesh", None)
+    return mesh is None or mesh.empty or mesh.size == 1
+
+
+class _Block(NamedTuple):
+    """Leaves (indices into `measure`'s leaf list) computed together as one [rows, ...] array;
+    `row_shape` is the shape each leaf is reshaped to (None: the leaf's own shape, one row per
+    leaf, after a leading axis is added)."""
+
+    leaves: list[int]
+    row_shape: tuple[int, ...] | None
+
+
+def _blocks(leaves: list[tuple]) -> list[_Block]:
+    """`leaves` (tuples (g, u, p, MomentPair or None)) grouped into blocks. Leaves on one
+    device of at most STACK_MAX_SIZE coordinates with equal dtypes and moment kind are stacked
+    as [size / c, c] rows (c = ROW or the largest power of two >= MIN_ROW dividing the size),
+    or as [k, *shape] when no such c exists (leaves of equal shape only). Any other leaf is a
+    block of its own, and a block that would exceed BLOCK_MAX_SIZE coordinates is closed (the
+    next leaf starts a new one). Blocks keep the order of their first leaves."""
+    out: list[_Block] = []
+    sizes: list[int] = []  # coordinates per block
+    where: dict[Any, int] = {}  # key -> the block that leaves of that key go to
+    for i, (g, u, p, mp) in enumerate(leaves):
+        arrays = (g, u, p) if mp is None else (g, u, p, mp.first, mp.second)
+        key = row_shape = None
+        if 0 < g.size <= STACK_MAX_SIZE and all(_one_device(a) for a in arrays):
+            dtypes = tuple(str(a.dtype) for a in arrays)
+            c = min(g.size & -g.size, ROW)  # the largest power of two dividing the size
+            if c >= MIN_ROW and all(a.shape == g.shape for a in arrays):
+                key, row_shape = ("rows", c, dtypes, mp and mp.kind), (g.size // c, c)
+            else:
+                key = ("shape", tuple(a.shape for a in arrays), dtypes, mp and mp.kind)
+        if key is None or key not in where or sizes[where[key]] + g.size > BLOCK_MAX_SIZE:
+            if key is not None:
+                where[key] = len(out)
+            sizes.append(g.size)
+            out.append(_Block([i], row_shape))
+        else:
+            sizes[where[key]] += g.size
+            out[where[key]].leaves.append(i)
+    return out
+
+
+def _block_stats(
     g: jax.Array,
     u: jax.Array,
     p: jax.Array,
     moments: MomentPair | None,
+    seg: np.ndarray,
+    sizes: np.ndarray,
     inv_lr: jax.Array,
     corr: tuple[jax.Array, jax.Array] | None,
     s: Settings,
-) -> tuple[dict[str, jax.Array], jax.Array | None]:
-    """One leaf's raw sums (dict over LAYER_FIELDS) and its two histograms (int32[2, bins + 3]).
+) -> tuple[jax.Array, jax.Array | None]:
+    """Raw sums of the k leaves stacked as rows in arrays [R, ...] (row r belongs to leaf
+    seg[r], leaf j has sizes[j] coordinates): float32[k, len(LAYER_FIELDS)] (the histograms'
+    NaN counts left 0), and with histograms the int32[R, ...] joint (Delta bin, gradient bin)
+    index of each coordinate, in 0 .. (bins + 3)^2 - 1.
 
-    Each statistic is its own fused elementwise + reduce pass (stacking them into one [K, ...]
-    reduction is 10x slower on XLA:CPU, and a variadic reduce is not partitioned: it would
-    gather sharded leaves). Both histograms come from one scatter into the joint
-    (bins + 3) x (bins + 3) grid of (Delta bin, gradient bin), then its two marginals: one pass
-    over the coordinates instead of two.
+    Each statistic is its own fused elementwise + reduce pass over the non-leading axes, one
+    reduction giving all rows' values (stacking the statistics instead, [K, ...], or one
+    variadic lax.reduce over them is slower on XLA:CPU, and a variadic reduce is not
+    partitioned: it would gather sharded leaves). Rows are then summed (min, max) into leaves.
     """
     f32 = jnp.float32
     g, u, p = g.astype(f32), u.astype(f32), p.astype(f32)
+    k, n_rows = len(sizes), g.shape[0]
+    axes = tuple(range(1, g.ndim))
+    row = (n_rows,) + (1,) * (g.ndim - 1)  # a per-row value broadcast against [R, ...]
     d = u * inv_lr
-    n = float(d.size)
-    one = lambda b: b.astype(f32)
+    total = lambda x: jnp.sum(x, axis=axes)
+    count = lambda b: total(b.astype(f32))  # (an int32 sum is not faster: not fused either)
     # Sums that other sums or the histogram give for free are derived, not reduced: u^2 from
-    # Delta^2 and lr, the scaled sums from the unscaled ones, the NaN counts from the NaN bins.
-    groups = [
-        dict(
-            d_sum=d,
-            d_sum2=d * d,
-            d_sumabs=jnp.abs(d),
-            d_sum3=d * d * d,
-            d_sum4=jnp.square(d * d),
-            d_tail=one(jnp.abs(d) > s.tail),
-        ),
-        dict(g_sum=g, g_sum2=g * g),
-        dict(p_sum2=p * p),
-    ]
+    # Delta^2 and lr, the scaled sums from the unscaled ones, the NaN counts from the NaN bins,
+    # min and max of Delta / scale from those of Delta (x -> x / scale, scale > 0, is monotone
+    # also after rounding).
+    d2 = d * d
+    v = dict(
+        d_sum=total(d),
+        d_sum2=total(d2),
+        d_sumabs=total(jnp.abs(d)),
+        d_sum3=total(d2 * d),
+        d_sum4=total(d2 * d2),
+        d_tail=count(jnp.abs(d) > s.tail),
+        g_sum=total(g),
+        g_sum2=total(g * g),
+        p_sum2=total(p * p),
+    )
     if not s.histograms:
-        groups.append(dict(d_nan=one(jnp.isnan(d)), g_nan=one(jnp.isnan(g))))
+        v.update(d_nan=count(jnp.isnan(d)), g_nan=count(jnp.isnan(g)))
     if moments is not None:
         m, second = moments.first.astype(f32), moments.second.astype(f32)
         # v = E[g^2]: Adam's nu, or the tracker's var + mean^2.
@@ -213,75 +295,96 @@ def _leaf_stats(
         ok = jnp.isfinite(gamma)
         gamma = jnp.where(ok, gamma, 0.0)
         # predicted step 1/sqrt(1 + gamma^2) = |m|/sqrt(v): Adam's direction (0 where v = 0)
-        step = jnp.abs(theory.adam_direction(m, msq))
-        log_gamma = jnp.where(ok, jnp.log(jnp.maximum(gamma, 1e-6)), 0.0)
-        rows = dict(
-            spread_sum=gamma,
-            spread_n=one(ok),
-            spread_logsum=log_gamma,
-            step_sum=step,
-            step_n=one(msq > 0),
+        v.update(
+            spread_sum=total(gamma),
+            spread_n=count(ok),
+            spread_logsum=total(jnp.where(ok, jnp.log(jnp.maximum(gamma, 1e-6)), 0.0)),
+            step_sum=total(jnp.abs(theory.adam_direction(m, msq))),
+            step_n=count(msq > 0),
         )
         if moments.kind == "vi":
             var = jnp.maximum(msq - m * m, 0.0)
             pv = var > 0
-            rows["snr_sum"] = jnp.where(
-                pv, jnp.abs(m) * jax.lax.rsqrt(jnp.where(pv, var, 1.0)), 0.0
+            v["snr_sum"] = total(
+                jnp.where(pv, jnp.abs(m) * jax.lax.rsqrt(jnp.where(pv, var, 1.0)), 0.0)
             )
-            rows["snr_n"] = one(pv)
-        groups.append(rows)
-    # One reduction per statistic, each partitioned by XLA into per-shard partial results and
-    # an all-reduce. (A single variadic lax.reduce over all of them is not partitioned -- it
-    # would gather sharded leaves -- and on XLA:CPU it is slower, not faster.)
-    v = {k: jnp.sum(x) for r in groups for k, x in r.items()}
+            v["snr_n"] = count(pv)
+    extremes = dict(
+        d_min=jnp.min(d, axis=axes),
+        d_max=jnp.max(d, axis=axes),
+        gn_min=jnp.min(g, axis=axes),
+        gn_max=jnp.max(g, axis=axes),
+    )
+    if n_rows != k:  # rows -> leaves: one small segment sum (min, max) for all statistics
+        ids = jnp.asarray(seg, jnp.int32)
+
+        def to_leaves(vals: dict[str, jax.Array], op) -> dict[str, jax.Array]:
+            out = op(jnp.stack(list(vals.values()), axis=1), ids, num_segments=k)
+            return {key: out[:, j] for j, key in enumerate(vals)}
+
+        v = to_leaves(v, jax.ops.segment_sum)
+        for op, kind in ((jax.ops.segment_min, "_min"), (jax.ops.segment_max, "_max")):
+            extremes |= to_leaves({x: y for x, y in extremes.items() if x.endswith(kind)}, op)
+    n = jnp.asarray(sizes, f32)
 
     def scale(sum2_key: str, kind: str):  # rms = sqrt(mean x^2), 1 when 0 or not finite
         if kind == "none":
-            return jnp.ones((), f32)
+            return jnp.ones((k,), f32)
         rms = jnp.sqrt(v[sum2_key] / n)
         return jnp.where((rms > 0) & jnp.isfinite(rms), rms, 1.0)
 
     d_scale = scale("d_sum2", s.delta_scale)
     g_scale = scale("g_sum2", s.grad_scale)
-    dn = d / d_scale if s.delta_scale == "rms" else d
-    gn = g / g_scale if s.grad_scale == "rms" else g
     v.update(
         dn_sum=v["d_sum"] / d_scale,
         dn_sum2=v["d_sum2"] / (d_scale * d_scale),
         gn_sum=v["g_sum"] / g_scale,
         gn_sum2=v["g_sum2"] / (g_scale * g_scale),
         u_sum2=v["d_sum2"] / (inv_lr * inv_lr),
-        d_max=jnp.max(dn),
-        d_min=jnp.min(dn),
-        gn_max=jnp.max(gn),
-        gn_min=jnp.min(gn),
-        n=jnp.asarray(n, f32),
+        d_min=extremes["d_min"] / d_scale if s.delta_scale == "rms" else extremes["d_min"],
+        d_max=extremes["d_max"] / d_scale if s.delta_scale == "rms" else extremes["d_max"],
+        gn_min=extremes["gn_min"] / g_scale if s.grad_scale == "rms" else extremes["gn_min"],
+        gn_max=extremes["gn_max"] / g_scale if s.grad_scale == "rms" else extremes["gn_max"],
+        n=n,
         d_scale=d_scale,
     )
-    zero = jnp.zeros((), f32)
-    for k in LAYER_FIELDS:
-        v.setdefault(k, zero)
-    hist = None
+    zero = jnp.zeros((k,), f32)
+    stats = jnp.stack([v.get(key, zero) for key in LAYER_FIELDS], axis=1)
+    joint = None
     if s.histograms:
+        per_row = lambda x: (x if n_rows == k else x[jnp.asarray(seg)]).reshape(row)
+        dn = d / per_row(d_scale) if s.delta_scale == "rms" else d
+        gn = g / per_row(g_scale) if s.grad_scale == "rms" else g
         n_bins = s.bins + 3
         joint = _bin_index(dn, s.delta_range, s.bins) * n_bins
         joint = joint + _bin_index(gn, s.grad_range, s.bins)
-        counts = jnp.zeros((n_bins * n_bins,), jnp.int32)
-        counts = counts.at[joint].add(1, mode="promise_in_bounds").reshape(n_bins, n_bins)
-        hist = jnp.stack([counts.sum(axis=1), counts.sum(axis=0)])
-        v["d_nan"] = hist[0, -1].astype(f32)  # the NaN bins
-        v["g_nan"] = hist[1, -1].astype(f32)
-    return v, hist
+    return stats, joint
 
 
-def _combine(a: dict[str, jax.Array], b: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    out = {k: a[k] + b[k] for k in _ADD}
-    for k in LAYER_FIELDS:
-        if k.endswith("_min"):
-            out[k] = jnp.minimum(a[k], b[k])
-        elif k.endswith("_max"):
-            out[k] = jnp.maximum(a[k], b[k])
-    return out
+def _stacked(xs: list[jax.Array], row_shape: tuple[int, ...] | None) -> jax.Array:
+    if row_shape is None:
+        return xs[0][None] if len(xs) == 1 else jnp.stack(xs)
+    rows = [x.reshape(-1, row_shape[-1]) for x in xs]
+    return rows[0] if len(rows) == 1 else jnp.concatenate(rows)
+
+
+def _layer_rows(leaf_rows: jax.Array, seg: np.ndarray, n_layers: int, hist: bool = False):
+    """Per-layer rows from per-leaf rows [N, ...] (leaf j belongs to layer seg[j]): sums, and
+    for LAYER_FIELDS rows (hist False) min and max in the min and max columns."""
+    if len(seg) == n_layers:  # one leaf per layer: a permutation (usually the identity)
+        inv = np.argsort(seg, kind="stable")
+        return leaf_rows if np.array_equal(inv, np.arange(n_layers)) else leaf_rows[inv]
+    ids = jnp.asarray(seg, jnp.int32)
+    seg_op = lambda f: f(leaf_rows, ids, num_segments=n_layers, indices_are_sorted=False)
+    if hist:
+        return seg_op(jax.ops.segment_sum)
+    is_min = np.array([k.endswith("_min") for k in LAYER_FIELDS])
+    is_max = np.array([k.endswith("_max") for k in LAYER_FIELDS])
+    return jnp.where(
+        is_min,
+        seg_op(jax.ops.segment_min),
+        jnp.where(is_max, seg_op(jax.ops.segment_max), seg_op(jax.ops.segment_sum)),
+    )
 
 
 def measure(grads, updates, params, opt_state, learning_rate, step, config) -> dict[str, jax.Array]:
@@ -326,22 +429,46 @@ def measure(grads, updates, params, opt_state, learning_rate, step, config) -> d
     }
     if hp_b2 is not None:
         out["hparam_b2"] = jnp.asarray(hp_b2, jnp.float32)
-    rows, hists = [], []
-    for names in groups.values():
-        acc = hist = None
-        for k in names:
-            v, h = _leaf_stats(gl[k], ul[k], pl[k], pairs.get(k), inv_lr, corr, s)
-            acc = v if acc is None else _combine(acc, v)
-            if h is not None:
-                hist = h if hist is None else hist + h
-        rows.append(jnp.stack([acc[k] for k in LAYER_FIELDS]))
-        if hist is not None:
-            hists.append(hist[:, : s.bins + 2])
+    n_layers, n_fields, n_bins = len(groups), len(LAYER_FIELDS), s.bins + 3
+    leaves = [(gl[k], ul[k], pl[k], pairs.get(k)) for names in groups.values() for k in names]
+    layer_of = [i for i, names in enumerate(groups.values()) for _ in names]
+    # Small leaves are stacked into blocks (`_blocks`): each statistic is then one reduction per
+    # block and the histograms one scatter (per-kernel overhead, not bandwidth, is their cost).
+    rows, hists, order = [], [], []
+    for block in _blocks(leaves):
+        idx, rs = block.leaves, block.row_shape
+        g, u, p = (_stacked([leaves[i][j] for i in idx], rs) for j in range(3))
+        mp = leaves[idx[0]][3]
+        if mp is not None:
+            first = _stacked([leaves[i][3].first for i in idx], rs)
+            mp = MomentPair(first, _stacked([leaves[i][3].second for i in idx], rs), mp.kind)
+        sizes = np.asarray([leaves[i][0].size for i in idx], np.int64)
+        seg = np.repeat(np.arange(len(idx)), 1 if rs is None else sizes // rs[-1])
+        leaf_rows, joint = _block_stats(g, u, p, mp, seg, sizes, inv_lr, corr, s)
+        rows.append(leaf_rows)
+        order += idx
+        if joint is not None:
+            # one scatter per block: each leaf has its own (bins + 3)^2 counters
+            base = jnp.asarray(seg.astype(np.int32) * (n_bins * n_bins))
+            joint = joint + base.reshape((len(seg),) + (1,) * (joint.ndim - 1))
+            counts = jnp.zeros((len(idx) * n_bins * n_bins,), jnp.int32)
+            counts = counts.at[joint].add(1, mode="promise_in_bounds")
+            counts = counts.reshape(len(idx), n_bins, n_bins)
+            hists.append(jnp.stack([counts.sum(axis=2), counts.sum(axis=1)], axis=1))  # marginals
     out["layout"] = jnp.asarray(register_layout(tuple(groups)), jnp.int32)
-    out["stats"] = jnp.stack(rows) if rows else jnp.zeros((0, len(LAYER_FIELDS)), jnp.float32)
+    if not rows:
+        out["stats"] = jnp.zeros((0, n_fields), jnp.float32)
+        if s.histograms:
+            out["delta_hist"] = out["grad_hist"] = jnp.zeros((0, s.bins + 2), jnp.int32)
+        return out
+    seg = np.asarray([layer_of[i] for i in order], np.int32)
+    stats = _layer_rows(jnp.concatenate(rows), seg, n_layers)
     if s.histograms:
-        h = jnp.stack(hists) if hists else jnp.zeros((0, 2, s.bins + 2), jnp.int32)
-        out["delta_hist"], out["grad_hist"] = h[:, 0], h[:, 1]
+        hist = _layer_rows(jnp.concatenate(hists), seg, n_layers, hist=True)  # [L, 2, bins + 3]
+        nan = hist[:, :, -1].astype(jnp.float32)  # the NaN bins
+        stats = stats.at[:, [FIELD["d_nan"], FIELD["g_nan"]]].set(nan)
+        out["delta_hist"], out["grad_hist"] = hist[:, 0, : s.bins + 2], hist[:, 1, : s.bins + 2]
+    out["stats"] = stats
     return out
 
 

@@ -274,3 +274,120 @@ def test_measure_rejects_mismatched_trees():
     p = {"a": jnp.ones(3), "b": jnp.ones(3)}
     with pytest.raises(ValueError, match="b"):
         monitor.measure({"a": jnp.ones(3)}, p, p, (), 1.0, 1, monitor.default_config())
+
+
+def _mixed_params(seed):
+    """Leaves that stack (equal shapes, rows of 4096 from different shapes, sizes that are not a
+    multiple of 64), one too big to stack, and a bfloat16 leaf."""
+    return {
+        "blocks": {
+            i: {
+                "attn": {
+                    "q": _normal(seed + 10 * i, (64, 64)),
+                    "o": _normal(seed + 10 * i + 1, (64, 64)),
+                },
+                "mlp": {
+                    "kernel": _normal(seed + 10 * i + 2, (64, 192)),
+                    "bias": _normal(seed + 10 * i + 3, (192,)),
+                },
+                "norm": {"scale": 1.0 + _normal(seed + 10 * i + 4, (64,))},
+                "odd": {"kernel": _normal(seed + 10 * i + 5, (3, 5))},
+            }
+            for i in range(2)
+        },
+        "embed": {"embedding": _normal(seed + 50, (256, 96))},
+        "head": {"kernel": _normal(seed + 51, (96, 8)).astype(jnp.bfloat16)},
+    }
+
+
+@pytest.mark.parametrize("group", ["leaf", "module"])
+@pytest.mark.parametrize("histograms", [True, False])
+def test_stacked_blocks_equal_per_leaf(monkeypatch, group, histograms):
+    """Stacking small leaves into blocks (the default) gives what one block per leaf gives."""
+    params = _mixed_params(0)
+    grads = jax.tree.map(lambda p: (p * 0.3 + 0.05).astype(p.dtype), params)
+    opt = optax.adam(0.01, b1=0.9, b2=0.99)
+    cfg = monitor.default_config()
+    cfg.group, cfg.histograms, cfg.delta_scale = group, histograms, "rms"
+    cfg.theory_b1, cfg.theory_b2 = 0.9, 0.99
+
+    def run(stack_max):
+        monkeypatch.setattr(monitor.stats, "STACK_MAX_SIZE", stack_max)
+        return _adam_step(cfg, opt, params, grads, 0.01)[2]
+
+    blocks = monitor.stats._blocks(
+        [(x, x, x, None) for x in jax.tree.leaves(params)]  # the stacking itself is exercised
+    )
+    assert len(blocks) < len(jax.tree.leaves(params))
+    got, ref = run(monitor.stats.STACK_MAX_SIZE), run(0)
+    assert set(got) == set(ref)
+    assert monitor.layer_names(got) == monitor.layer_names(ref)
+    for k in ref:
+        if "hist" in k or k in ("layout", "step"):
+            np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+        else:
+            np.testing.assert_allclose(got[k], ref[k], rtol=2e-5, atol=1e-5, err_msg=k)
+    for f in ("n", "d_nan", "g_nan", "d_tail", "spread_n", "step_n"):  # counts are exact
+        np.testing.assert_array_equal(got["stats"][:, FIELD[f]], ref["stats"][:, FIELD[f]], f)
+
+
+def test_stacked_blocks_nan_and_no_moments():
+    """NaNs in one stacked leaf stay in its layer; optimizers without moments; lr = 0."""
+    params = {"a": jnp.ones((64, 64)), "b": jnp.ones((32, 128)), "c": jnp.ones((64,))}
+    u = {"a": jnp.full((64, 64), 0.5).at[0, :3].set(jnp.nan), "b": -params["b"], "c": params["c"]}
+    g = {"a": params["a"], "b": params["b"].at[1, 1].set(jnp.nan), "c": params["c"]}
+    for hist in (True, False):
+        cfg = monitor.default_config()
+        cfg.histograms = hist
+        out = _measure(g, u, params, (), 0.0, 1, cfg)
+        assert monitor.layer_names(out) == ["a", "b", "c"]
+        st = out["stats"]
+        np.testing.assert_array_equal(st[:, FIELD["d_nan"]], [3, 0, 0])
+        np.testing.assert_array_equal(st[:, FIELD["g_nan"]], [0, 1, 0])
+        np.testing.assert_array_equal(st[:, FIELD["n"]], [4096, 4096, 64])
+        assert np.isnan(st[0, FIELD["d_sum"]]) and st[1, FIELD["d_sum"]] == -4096
+        np.testing.assert_array_equal(st[:, FIELD["spread_n"]], [0, 0, 0])
+        if hist:
+            np.testing.assert_array_equal(out["delta_hist"].sum(axis=1), [4093, 4096, 64])
+            np.testing.assert_array_equal(out["grad_hist"].sum(axis=1), [4096, 4095, 64])
+
+
+def test_sharded_equal_shapes_are_not_stacked_or_gathered():
+    """Equal-shape leaves sharded differently (q and a transposed out-projection) on a
+    multi-device mesh: same result as unsharded, and no gather or resharding in the HLO."""
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("fsdp", "tensor"))
+    cfg = monitor.default_config()
+    params = {
+        "q": {"kernel": _normal(0, (64, 64))},
+        "o": {"kernel": _normal(1, (64, 64))},
+        "n1": {"scale": _normal(2, (64,))},
+        "n2": {"scale": _normal(3, (64,))},
+    }
+    specs = {
+        "q": {"kernel": P("fsdp", "tensor")},
+        "o": {"kernel": P("tensor", "fsdp")},
+        "n1": {"scale": P("fsdp")},
+        "n2": {"scale": P("tensor")},
+    }
+    grads = _grads(30, params)
+    updates = jax.tree.map(lambda x: -0.01 * x, grads)
+
+    def f(g, u, p):
+        return monitor.measure(g, u, p, (), 0.01, 1, cfg)
+
+    ref = jax.device_get(jax.jit(f)(grads, updates, params))
+    shard = lambda t: jax.tree.map(
+        lambda x, sp: jax.device_put(x, NamedSharding(mesh, sp)), t, specs
+    )
+    args = (shard(grads), shard(updates), shard(params))
+    compiled = jax.jit(f).lower(*args).compile()
+    got = jax.device_get(compiled(*args))
+    for k in ref:
+        if "hist" in k:
+            np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+        else:
+            np.testing.assert_allclose(got[k], ref[k], rtol=2e-5, atol=1e-3, err_msg=k)
+    hlo = compiled.as_text()
+    assert "all-reduce" in hlo
+    for op in ("all-gather", "all-to-all", "collective-permute"):
+        assert op not in hlo, op
