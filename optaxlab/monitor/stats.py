@@ -283,8 +283,16 @@ def _block_stats(
         g_sum2=total(g * g),
         p_sum2=total(p * p),
     )
+    # Counts need a compare, which XLA:CPU materializes before reducing (a plain sum it fuses),
+    # so the counts below run only when a cheap plain-sum test says they can differ from the
+    # healthy case: a NaN in a row of Delta (g) makes that row's sum of squares NaN.
     if not s.histograms:
-        v.update(d_nan=count(jnp.isnan(d)), g_nan=count(jnp.isnan(g)))
+        zeros = jnp.zeros((n_rows,), f32)
+        v["d_nan"], v["g_nan"] = jax.lax.cond(
+            jnp.any(jnp.isnan(v["d_sum2"]) | jnp.isnan(v["g_sum2"])),
+            lambda: (count(jnp.isnan(d)), count(jnp.isnan(g))),
+            lambda: (zeros, zeros),
+        )
     if moments is not None:
         m, second = moments.first.astype(f32), moments.second.astype(f32)
         # v = E[g^2]: Adam's nu, or the tracker's var + mean^2.
@@ -292,16 +300,26 @@ def _block_stats(
         if corr is not None:
             m, msq = m / corr[0], msq / corr[1]
         gamma = theory.spread(m, msq)  # inf where m = 0, nan where m = v = 0
-        ok = jnp.isfinite(gamma)
-        gamma = jnp.where(ok, gamma, 0.0)
+        log_gamma = jnp.log(jnp.maximum(gamma, 1e-6))
         # predicted step 1/sqrt(1 + gamma^2) = |m|/sqrt(v): Adam's direction (0 where v = 0)
-        v.update(
-            spread_sum=total(gamma),
-            spread_n=count(ok),
-            spread_logsum=total(jnp.where(ok, jnp.log(jnp.maximum(gamma, 1e-6)), 0.0)),
-            step_sum=total(jnp.abs(theory.adam_direction(m, msq))),
-            step_n=count(msq > 0),
+        step_sum = total(jnp.abs(theory.adam_direction(m, msq)))
+        # Healthy case: gamma finite and v > 0 everywhere, which the plain sum of gamma (inf or
+        # nan otherwise; gamma >= 0) and the min of v show; then the counts are the row sizes.
+        # Otherwise count the coordinates where gamma is defined (m != 0) and where v > 0.
+        raw_sum, raw_log = total(gamma), total(log_gamma)
+        width = jnp.full((n_rows,), float(np.prod(g.shape[1:])), f32)
+
+        def exact():
+            ok = jnp.isfinite(gamma)
+            return (total(jnp.where(ok, gamma, 0.0)), count(ok),
+                    total(jnp.where(ok, log_gamma, 0.0)), count(msq > 0))
+
+        healthy = jnp.all(jnp.isfinite(raw_sum) & (jnp.min(msq, axis=axes) > 0))
+        spread_sum, spread_n, spread_logsum, step_n = jax.lax.cond(
+            healthy, lambda: (raw_sum, width, raw_log, width), exact
         )
+        v.update(spread_sum=spread_sum, spread_n=spread_n, spread_logsum=spread_logsum,
+                 step_sum=step_sum, step_n=step_n)
         if moments.kind == "vi":
             var = jnp.maximum(msq - m * m, 0.0)
             pv = var > 0

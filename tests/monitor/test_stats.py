@@ -391,3 +391,37 @@ def test_sharded_equal_shapes_are_not_stacked_or_gathered():
     assert "all-reduce" in hlo
     for op in ("all-gather", "all-to-all", "collective-permute"):
         assert op not in hlo, op
+
+
+@pytest.mark.parametrize("stack_max", [0, None])
+def test_spread_counts_when_moments_vanish(monkeypatch, stack_max):
+    """Coordinates whose gradient was always 0 have m = v = 0: no spread, no predicted step.
+    The counts then come from the exact (compare-and-count) branch, a healthy leaf's from the
+    row sizes; both must equal numpy's counts and sums."""
+    if stack_max is not None:
+        monkeypatch.setattr(monitor.stats, "STACK_MAX_SIZE", stack_max)
+    rng = np.random.default_rng(3)
+    params = {"a": jnp.zeros((64, 64)), "b": jnp.zeros((32, 128)), "c": jnp.zeros((4096,))}
+    g = {k: rng.standard_normal(p.shape).astype(np.float32) for k, p in params.items()}
+    g["a"][:5] = 0.0  # 320 coordinates of layer a never see a gradient
+    g = jax.tree.map(jnp.asarray, g)
+    opt = optax.adam(0.1, b1=0.9, b2=0.99)
+    u, state = opt.update(g, opt.init(params), params)
+    cfg = monitor.default_config()
+    cfg.histograms = False
+    out = _measure(g, u, params, state, 0.1, 1, cfg)
+    mu, nu = state[0].mu, state[0].nu
+    for i, k in enumerate(monitor.layer_names(out)):
+        m, v = np.asarray(mu[k], np.float64), np.asarray(nu[k], np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gamma = np.sqrt(np.maximum(v - m * m, 0.0)) / np.abs(m)
+        ok = np.isfinite(gamma)
+        st = out["stats"][i]
+        assert st[FIELD["spread_n"]] == ok.sum() == (4096 - 320 if k == "a" else 4096)
+        assert st[FIELD["step_n"]] == (v > 0).sum()
+        np.testing.assert_allclose(st[FIELD["spread_sum"]], gamma[ok].sum(), rtol=1e-4)
+        np.testing.assert_allclose(
+            st[FIELD["spread_logsum"]], np.log(np.maximum(gamma[ok], 1e-6)).sum(), rtol=1e-4,
+            atol=1e-3,
+        )
+        assert np.isfinite(st[FIELD["step_sum"]])
