@@ -23,9 +23,11 @@ names are static and are looked up on the host from 'layout' (`layer_names`, `la
 
 Typical use outside the trainer (the trainer does exactly this):
 
-    stats = jax.jit(lambda g, u, p, s: monitor.measure(g, u, p, s, lr, t, cfg))(g, u, p, s)
-    with monitor.EventWriter(logdir) as tb:
+    tb = monitor.EventWriter(logdir)  # one event file per run (or any tensorboardX-like writer)
+    for t in range(1, steps + 1):
+        ...  # inside the jitted step: stats = monitor.measure(g, u, params, opt_state, lr, t, cfg)
         scalars = monitor.write(tb, t, jax.device_get(stats), cfg)
+    tb.close()
 
 With `every = 0` the trainer never calls `measure`, so the compiled step has no monitor code.
 TensorBoard tags and the meaning of every scalar: `optaxlab.monitor.overlay`.
