@@ -14,8 +14,9 @@ variant, medians over rounds:
           `log_every` steps when the monitor is off, every step plus `monitor.write` (the
           monitor's scalars and histograms in one event, its scalars in the record) when on.
 Each is reported as wall time and as process CPU time (all threads: XLA's and the host's), the
-latter being the robust number on a machine shared with other jobs. Overhead = median /
-median(off) - 1, goal <= 1% (scalars) and <= 3% (full). Images are off (image_steps = ()); they
+latter being the robust number on a machine shared with other jobs. Overhead = the median over
+rounds of time / time(off, same round) - 1 (paired, so slow drifts of the machine cancel), goal
+<= 1% (scalars) and <= 3% (full). Images are off (image_steps = ()); they
 are written at a handful of steps only.
 
 Part 2 (synthetic tree): `measure` alone on 2^20 coordinates split into L leaves, for several L
@@ -30,6 +31,7 @@ import argparse
 import copy
 import functools
 import importlib.util
+import math
 import statistics
 import tempfile
 import time
@@ -134,6 +136,13 @@ def bench_step(name: str, rounds: int, steps: int) -> list[str]:
             log(1, jax.device_get(m), host, settings[v])
             layers = len(monitor.layer_names(host))
 
+    # windows of at least ~0.5 s: tiny steps (lm_tiny: ~20 ms) are too noisy one by one
+    fn = variants["off"][0]
+    t0 = time.perf_counter()
+    for _ in range(3):
+        states["off"], m, _ = fn(states["off"], batch)
+    jax.block_until_ready(m)
+    steps = max(steps, math.ceil(0.5 / ((time.perf_counter() - t0) / 3)))
     times = {v: {k: [] for k in ("device", "loop", "device_cpu", "loop_cpu")} for v in variants}
     order = list(variants)
     step_no = 2
@@ -168,9 +177,10 @@ def bench_step(name: str, rounds: int, steps: int) -> list[str]:
         cells = []
         for k in ("device", "device_cpu", "loop", "loop_cpu"):
             ms = 1e3 * med[v][k]
-            over = 100.0 * (med[v][k] / med["off"][k] - 1.0)
+            pairs = zip(times[v][k], times["off"][k], strict=True)
+            over = 100.0 * statistics.median(a / b - 1.0 for a, b in pairs)
             cells += [f"{ms:.2f}", "-" if v == "off" else f"{over:+.1f}%"]
-        desc = f"{name} ({n_params / 1e6:.2f}M params, {layers} layers)"
+        desc = f"{name} ({n_params / 1e6:.2f}M params, {layers} layers, {steps} steps/window)"
         rows.append(f"| {desc} | {v} | " + " | ".join(cells) + " |")
     note = getattr(config, "note", None)
     return rows + ([f"|  ({note}) | | | | | | | | | |"] if note else [])
@@ -224,7 +234,8 @@ def bench_synthetic(rounds: int, total: int = 1 << 20) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=5, help="steps per timed window")
+    parser.add_argument("--steps", type=int, default=5,
+                        help="min steps per timed window (windows last >= ~0.5 s)")
     parser.add_argument("--quick", action="store_true", help="lm_tiny only, few rounds")
     parser.add_argument("--skip-synthetic", action="store_true")
     args = parser.parse_args()
