@@ -36,6 +36,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import crc32c
 import numpy as np
 
 FILE_VERSION = "brain.Event:2"
@@ -48,12 +49,7 @@ _U32 = struct.Struct("<I")
 
 
 def _crc32c(data: bytes) -> int:
-    try:
-        import crc32c
-    except ImportError:  # TensorBoard's pure-Python one: correct, ~100x slower
-        from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
-
-        return masked_crc32c(data)
+    """TFRecord's masked CRC-32C."""
     x = crc32c.crc32c(data)
     return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
