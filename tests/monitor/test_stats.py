@@ -38,6 +38,23 @@ def _measure(g, u, p, s, lr, step, cfg):
     return jax.device_get(f(g, u, p, s))
 
 
+def _assert_sharded_matches(fn, args, ref, also_forbid=()):
+    """fn(*args) on sharded args equals the unsharded `ref` (histograms exactly), and its HLO
+    sums per-shard partials (all-reduce) without gathering or moving whole leaves."""
+    compiled = fn.lower(*args).compile()
+    got = jax.device_get(compiled(*args))
+    assert set(got) == set(ref)
+    for k in ref:
+        if "hist" in k:
+            np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+        else:
+            np.testing.assert_allclose(got[k], ref[k], rtol=2e-5, atol=1e-3, err_msg=k)
+    hlo = compiled.as_text()
+    assert "all-reduce" in hlo  # per-shard partial counts and sums, then a sum
+    for op in ("all-gather", "all-to-all", *also_forbid):
+        assert op not in hlo, op
+
+
 def _np_hist(x, r, bins):
     """Reference: numpy.histogram on [-r, r] plus under/overflow counts."""
     x = np.asarray(x, np.float64).ravel()
@@ -152,17 +169,7 @@ def test_sharded_equals_unsharded_without_gathering():
     )
     args = (shard(grads), shard(updates), shard(params), state_sh)
     assert not args[0]["attn"]["qkv"].sharding.is_fully_replicated
-    compiled = jax.jit(f).lower(*args).compile()
-    got = jax.device_get(compiled(*args))
-    assert set(got) == set(ref)
-    for k in ref:
-        if "hist" in k:
-            np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
-        else:
-            np.testing.assert_allclose(got[k], ref[k], rtol=2e-5, atol=1e-3, err_msg=k)
-    hlo = compiled.as_text()
-    assert "all-reduce" in hlo  # per-shard partial counts and sums, then a sum
-    assert "all-gather" not in hlo and "all-to-all" not in hlo
+    _assert_sharded_matches(jax.jit(f), args, ref)
 
 
 class _VIState(NamedTuple):
@@ -380,17 +387,7 @@ def test_sharded_equal_shapes_are_not_stacked_or_gathered():
         lambda x, sp: jax.device_put(x, NamedSharding(mesh, sp)), t, specs
     )
     args = (shard(grads), shard(updates), shard(params))
-    compiled = jax.jit(f).lower(*args).compile()
-    got = jax.device_get(compiled(*args))
-    for k in ref:
-        if "hist" in k:
-            np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
-        else:
-            np.testing.assert_allclose(got[k], ref[k], rtol=2e-5, atol=1e-3, err_msg=k)
-    hlo = compiled.as_text()
-    assert "all-reduce" in hlo
-    for op in ("all-gather", "all-to-all", "collective-permute"):
-        assert op not in hlo, op
+    _assert_sharded_matches(jax.jit(f), args, ref, also_forbid=("collective-permute",))
 
 
 @pytest.mark.parametrize("stack_max", [0, None])
