@@ -292,8 +292,11 @@ class Driver:
                                    "wall_s": round(end - r.started, 3), "exit_code": code,
                                    "cpus": self.slots[r.slot], "runner": type(
                                        self.runner).__name__}
+                        note = None if record is not None else (
+                            f"stopped by the sweep ({signal.Signals(self.signals[0]).name}); a "
+                            "rerun resumes it from its last checkpoint")
                         st = outcome.record_attempt(p.workdir(self.sweep_dir), p.name, p.steps,
-                                                    attempt, record)
+                                                    attempt, record, note)
                         lock.release()
                         states[p.name] = st
                         done_steps[p.name] = st.step if st.status != outcome.FINISHED \
@@ -336,7 +339,7 @@ class Driver:
         if st.status == outcome.FAILED:
             return (f"failed {p.name}: exit {st.exit_code}: {st.message} (log: "
                     f"{wd / outcome.LOG_FILE})")
-        return f"{st.status} {p.name}: {st.message}"
+        return f"{st.status} {p.name} at step {st.step}: {st.message}"
 
     def _status_text(self, states, running, start_time, base_steps, done_steps, jobs) -> str:
         counts = _counts(states)
@@ -522,9 +525,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.time()
         states = driver.run(points) if todo else before
         counts = _counts(states)
-        progress.event(f"{'stopped' if driver.signals else 'done'} after "
-                       f"{_duration(time.time() - t0)}: "
-                       f"{_fmt_counts(counts, outcome.STATUSES)}")
+        if todo:
+            progress.event(f"{'stopped' if driver.signals else 'done'} after "
+                           f"{_duration(time.time() - t0)}: "
+                           f"{_fmt_counts(counts, outcome.STATUSES)}")
     finally:
         progress.close()
 

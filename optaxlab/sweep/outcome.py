@@ -150,7 +150,7 @@ def classify(*, exit_code: int | None, status: dict[str, Any] | None, log: list[
         sig = _signal_name(exit_code)
         if sig:
             message = f"killed by {sig} (exit {exit_code}) at step {step}" + (
-                " - out of memory?" if sig == "SIGKILL" else "")
+                " (by hand, or by the out-of-memory killer)" if sig == "SIGKILL" else "")
         return State(FAILED, step, steps, exit_code=exit_code, message=message)
     if status:
         kind = status.get("status")
@@ -192,9 +192,10 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def record_attempt(workdir: Path, name: str, steps: int, attempt: dict[str, Any],
-                   exit_code: int | None) -> State:
+                   exit_code: int | None, note: str | None = None) -> State:
     """After an attempt: write `exit_code` (None: the sweep stopped the trainer itself, so the
-    code says nothing about the point) and outcome.json; returns the point's state."""
+    code says nothing about the point) and outcome.json; returns the point's state. `note`
+    replaces the message of an interrupted or pending point (why it stopped)."""
     workdir = Path(workdir)
     if exit_code is not None and exit_code != EXIT_LOCKED:
         tmp = workdir / f".{EXIT_CODE_FILE}.tmp"
@@ -204,6 +205,8 @@ def record_attempt(workdir: Path, name: str, steps: int, attempt: dict[str, Any]
                      status=_read_json(workdir / STATUS_JSON), log=last_attempt_log(workdir),
                      step=last_step(workdir), steps=steps,
                      final_checkpoint=(workdir / "checkpoints" / str(steps)).is_dir())
+    if note and state.status in (INTERRUPTED, PENDING):
+        state.message = note
     old = read_outcome(workdir)
     attempts = [*old.get("attempts", []), {**attempt, "status": state.status}]
     _write_json(workdir / OUTCOME_JSON, {

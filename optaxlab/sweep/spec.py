@@ -291,10 +291,30 @@ def _load_python(path: Path, function: str, module_name: str):
     if spec is None or spec.loader is None:
         raise SweepError(f"{path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SweepError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any error in the user's file, on one line
+        raise SweepError(f"{path}: {_one_line(e)}") from e
     if not hasattr(module, function):
         raise SweepError(f"{path}: has no {function}() function")
     return getattr(module, function)
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as one line: type, message, and where in a user file it happened."""
+    where = ""
+    if isinstance(e, SyntaxError) and e.filename:
+        where = f" (line {e.lineno})"
+    else:
+        tb = e.__traceback__
+        while tb is not None:
+            if not tb.tb_frame.f_code.co_filename.startswith(str(Path(__file__).parent)):
+                where = f" (in {Path(tb.tb_frame.f_code.co_filename).name}, line {tb.tb_lineno})"
+            tb = tb.tb_next
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}{where}"
 
 
 def load_sweep_file(path: str | Path) -> dict[str, Any]:
@@ -302,7 +322,13 @@ def load_sweep_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise SweepError(f"sweep file {str(path)!r} not found")
-    spec = _load_python(path, "get_sweep", "optaxlab_sweep_file")()
+    get_sweep = _load_python(path, "get_sweep", "optaxlab_sweep_file")
+    try:
+        spec = get_sweep()
+    except SweepError as e:
+        raise SweepError(f"{path}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - any error in the user's file, on one line
+        raise SweepError(f"{path}: get_sweep() failed: {_one_line(e)}") from e
     if isinstance(spec, ml_collections.ConfigDict):
         spec = spec.to_dict()
     if not isinstance(spec, Mapping):
@@ -420,8 +446,7 @@ def resolve(spec: Mapping[str, Any], sweep_file: str | Path | None = None) -> Pl
     except SweepError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure of the user's config file
-        raise SweepError(f"config={config_arg!r}: get_config() failed: "
-                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        raise SweepError(f"config={config_arg!r}: get_config() failed: {_one_line(e)}") from e
 
     overrides = dict(spec.get("overrides") or {})
     if "progress_bar" not in overrides:

@@ -5,7 +5,6 @@ a helper that runs `python -m optaxlab.sweep`."""
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 # A few-step lm_tiny: seconds per point, most of it JAX import and compiles.
-TINY = {"steps": 40, "batch_size": 8, "seq_len": 32, "model.max_len": 32, "model.d_model": 32,
-        "model.n_layers": 1, "eval_every": 40, "eval_batches": 2, "checkpoint_every": 10,
+TINY = {"steps": 60, "batch_size": 8, "seq_len": 32, "model.max_len": 32, "model.d_model": 32,
+        "model.n_layers": 1, "eval_every": 60, "eval_batches": 2, "checkpoint_every": 10,
         "keep_checkpoints": 2, "log_every": 1, "data.num_threads": 0, "monitor.every": 0}
 
 
@@ -34,26 +33,28 @@ def write_sweep(tmp_path):
 
     def write(body: str, name: str = "tiny_sweep.py") -> Path:
         path = tmp_path / name
-        path.write_text(textwrap.dedent(f"""\
-            from optaxlab.sweep import log_grid, product, sweep, zipped
-
-            TINY = {TINY!r}
-            CONFIG = {str(ROOT / "configs" / "lm_tiny.py")!r}
-
-
-            def get_sweep():
-                return {body}
-            """))
+        path.write_text(
+            "from optaxlab.sweep import log_grid, product, sweep, zipped\n\n"
+            f"TINY = {TINY!r}\n"
+            f"CONFIG = {str(ROOT / 'configs' / 'lm_tiny.py')!r}\n\n\n"
+            f"def get_sweep():\n    return {body}\n")
         return path
 
     return write
 
 
-def run_sweep(env, *args, module="optaxlab.sweep", timeout=600, **kw):
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout, **kw)
+@pytest.fixture(scope="session")
+def tiny():
+    return dict(TINY)
 
 
 @pytest.fixture
 def sweep_cli(sweep_env):
-    return lambda *args, **kw: run_sweep(sweep_env, *args, **kw)
+    """sweep_cli(*args, module="optaxlab.sweep") runs `python -m module args` in the repo."""
+
+    def run(*args, module="optaxlab.sweep", timeout=600, env=None):
+        return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT,
+                              env=env or sweep_env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    return run

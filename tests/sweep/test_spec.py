@@ -111,7 +111,11 @@ def test_sweep_file_and_plan_round_trip(tmp_path):
                     "def get_sweep():\n"
                     "    return sweep(config='configs/lm_tiny.py', points=[{'seed': 3}],"
                     " bogus=1)\n")
-    with pytest.raises(TypeError):
+    with pytest.raises(SweepError, match=r"get_sweep\(\) failed: TypeError: .*'bogus' "
+                       r"\(in s.py, line 3\)"):
+        load_sweep_file(path)
+    path.write_text("def get_sweep(:\n")
+    with pytest.raises(SweepError, match=r"SyntaxError: .* \(line 1\)"):
         load_sweep_file(path)
     path.write_text("def get_sweep():\n    return {'config': 'configs/lm_tiny.py', 'pointz': []}\n")
     with pytest.raises(SweepError, match="'pointz' is unknown; valid: config, goal"):
