@@ -178,11 +178,11 @@ class Driver:
     """Runs selected points of a plan with a runner on `workers` slots; records outcomes."""
 
     def __init__(self, plan: Plan, sweep_dir: Path, runner: Any, workers: int,
-                 progress: Progress, poll_s: float = 0.25):
+                 progress: Progress, poll_s: float = 0.25, pin: bool = True):
         self.plan = plan
         self.sweep_dir = Path(sweep_dir)
         self.runner = runner
-        self.slots = runner_lib.cpu_slots(workers)
+        self.slots = runner_lib.cpu_slots(workers) if pin else [None] * workers
         self.progress = progress
         self.poll_s = poll_s
         self.signals: list[int] = []
@@ -208,6 +208,11 @@ class Driver:
             if states[p.name].status == outcome.FINISHED:
                 self.rows[p.name] = point_row(self.plan, p, self.sweep_dir)
         todo = [p for p in points if states[p.name].status not in outcome.DONE]
+        # First seed of every setting first: the other seeds then load the compiled train step
+        # from the compilation cache (same program; only the seed differs), and the whole grid
+        # has a first result early.
+        seeds = sorted({p.values.get("seed", 0) for p in todo})
+        todo.sort(key=lambda p: (seeds.index(p.values.get("seed", 0)), p.index))
         jobs: list[list[Point]] = []
         keys: dict[Any, list[Point]] = {}
         for p in todo:
@@ -400,6 +405,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="an extra #SBATCH line for --slurm-array, e.g. "
                    "--slurm-option=--time=1:00:00")
     p.add_argument("--no-report", action="store_true", help="do not write results at the end")
+    p.add_argument("--no-pin", action="store_true", help="do not pin workers to CPU sets "
+                   "(every trainer sees all CPUs)")
     p.add_argument("--no-compile-cache", action="store_true",
                    help="do not share JAX's persistent compilation cache between points")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr (sweep.log "
@@ -478,7 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         for line in _describe(plan, points, sweep_dir):
             print(line)
-        print(f"workers: {runner_lib.describe_slots(runner_lib.cpu_slots(args.workers))}")
+        slots = runner_lib.cpu_slots(args.workers) if not args.no_pin else [None] * args.workers
+        print(f"workers: {runner_lib.describe_slots(slots)}")
         would = 0
         for p in points:
             st = outcome.point_state(p.workdir(sweep_dir), p.steps)
@@ -515,13 +523,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          outcome.STATUSES)
                            + f"); skipping {skipped} done"
                            + (f" ({_fmt_counts(counts, outcome.DONE)})" if skipped else ""))
-            progress.event(f"workers: {runner_lib.describe_slots(runner_lib.cpu_slots(args.workers))}")  # noqa: E501
+            slots = runner_lib.cpu_slots(args.workers) if not args.no_pin else [None] * \
+                args.workers
+            progress.event(f"workers: {runner_lib.describe_slots(slots)}")
             if env:
                 progress.event(f"compilation cache: {env['JAX_COMPILATION_CACHE_DIR']}")
         progress.event(f"log: {sweep_dir / LOG}")
         runner = runner_lib.SubprocessRunner(plan, sweep_dir, env)
         driver = Driver(plan, sweep_dir, runner, min(args.workers, max(len(todo), 1)),
-                        progress)
+                        progress, pin=not args.no_pin)
         t0 = time.time()
         states = driver.run(points) if todo else before
         counts = _counts(states)

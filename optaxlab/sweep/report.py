@@ -249,7 +249,7 @@ def _metric_text(plan: Plan, s: Setting | None) -> str:
         return f"diverged ({s.diverged}/{len(s.rows)} seeds)"
     sign = 1.0 if plan.goal == "min" else -1.0
     n = len(s.scores)
-    spread = f" ± {s.std:.4g}" if s.std is not None else ""
+    spread = f" ± {s.std:.2g}" if s.std is not None else ""
     return f"{sign * s.mean:.4g}{spread} (n={n})"
 
 

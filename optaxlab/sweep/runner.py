@@ -63,8 +63,7 @@ def cpu_slots(workers: int) -> list[list[int] | None]:
 
 def describe_slots(slots: Sequence[list[int] | None]) -> str:
     if all(s is None for s in slots):
-        return (f"{len(slots)} worker(s) sharing all {len(available_cpus())} CPUs (no CPU "
-                "pinning on this platform or more workers than CPUs)")
+        return f"{len(slots)} worker(s) sharing all {len(available_cpus())} CPUs (not pinned)"
     parts = [f"worker {i}: cpu {','.join(map(str, s))}" for i, s in enumerate(slots)]
     return f"{len(slots)} worker(s) pinned by CPU affinity ({'; '.join(parts)})"
 

@@ -104,7 +104,7 @@ def test_summary_best_setting_grid_edge_and_ranking(grid_sweep):
     assert "Tuning budget: 9 points (3 setting(s) x 3 seed(s)): 8 finished, 1 diverged" in adam
     assert "Best: lr=0.001: 2.505 ± 0.01 (n=3)" in signum
     assert "best lr=0.001 is the smallest value tried (lr in {0.001, 0.003, 0.01})" in signum
-    assert "| 0.01 | 2.795 ± 0.007071 (n=2) | 3 | - |" in signum  # failed seed left out
+    assert "| 0.01 | 2.795 ± 0.0071 (n=2) | 3 | - |" in signum  # failed seed left out
     ranking = text[text.index("## Ranking"):text.index("## optimizer=adam")]
     assert "| 1 | optimizer=adam | lr=0.003 |" in ranking
     assert "| 2 | optimizer=signum | lr=0.001 |" in ranking
