@@ -1,0 +1,25 @@
+"""Adam vs Signum on lm_tiny, each tuned over its own learning-rate grid, two seeds per setting.
+
+python -m optaxlab.sweep sweeps/lr_optimizer_lm_tiny.py --workdir runs/sweep --workers 2
+
+20 points of 300 steps each (~15-20 s per point on one core of a laptop CPU, most of it JAX
+import and compiles). The grids are log-spaced, 2 values per decade, one decade apart: Signum's
+steps are sign(m) * lr, so its good learning rates sit lower than Adam's.
+"""
+
+from optaxlab.sweep import log_grid, product, sweep
+
+
+def get_sweep():
+    points = (
+        product({"optimizer.name": ["adam"],
+                 "optimizer.learning_rate": log_grid(1e-3, 1e-1, per_decade=2)})
+        + product({"optimizer.name": ["signum"],
+                   "optimizer.learning_rate": log_grid(1e-4, 1e-2, per_decade=2)})
+    )
+    return sweep(
+        config="configs/lm_tiny.py",
+        overrides={"monitor.every": 0},  # no per-step histograms: a sweep compares end results
+        points=points,
+        seeds=[0, 1],
+    )
