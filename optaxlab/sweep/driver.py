@@ -229,6 +229,7 @@ class Driver:
         running: list[_Running] = []
         stopping_since: float | None = None
         killed = False
+        last_status = 0.0
         old = {s: signal.signal(s, self._on_signal)
                for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
@@ -287,6 +288,14 @@ class Driver:
                     end = time.time()
                     for p, lock in zip(r.points, r.locks, strict=True):
                         code = codes.get(p.name)
+                        if code == outcome.EXIT_LOCKED:  # the trainer's own workdir lock
+                            lock.release()
+                            self.busy.append(p.name)
+                            self.progress.event(f"skip   {p.name}: its workdir is locked by "
+                                                "another trainer process (exit 5)")
+                            states[p.name] = outcome.point_state(p.workdir(self.sweep_dir),
+                                                                 p.steps)
+                            continue
                         # A trainer the sweep itself stopped says nothing about the point
                         # unless it got to an outcome of its own.
                         record = code if not self.signals or code in (
@@ -313,8 +322,10 @@ class Driver:
                 if stopping_since is not None and running and not killed and \
                         time.time() - stopping_since > 300:
                     self.signals.append(signal.SIGKILL)  # a trainer that ignores SIGTERM
-                self.progress.status(self._status_text(states, running, start_time,
-                                                       base_steps, done_steps, jobs))
+                if time.time() - last_status >= 1.0:
+                    last_status = time.time()
+                    self.progress.status(self._status_text(states, running, start_time,
+                                                           base_steps, done_steps, jobs))
                 if running or jobs:
                     time.sleep(self.poll_s)
         finally:
@@ -470,6 +481,14 @@ def _report_stale(plan: Plan, sweep_dir: Path) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_SIGINT
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     sweep_dir = Path(args.workdir)
     try:

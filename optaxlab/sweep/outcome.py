@@ -113,7 +113,27 @@ def last_attempt_log(workdir: Path, max_bytes: int = 200_000) -> list[str]:
 
 
 def last_step(workdir: Path) -> int:
-    records = metrics_lib.read_jsonl(Path(workdir) / METRICS)
+    """The step of the last complete record of metrics.jsonl (read from the file's end: the
+    driver asks every second while points run)."""
+    path = Path(workdir) / METRICS
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 16384))
+            tail = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return 0
+    for line in reversed(tail):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "step" in record:
+            return int(record["step"])
+    if size <= 16384:
+        return 0
+    records = metrics_lib.read_jsonl(path)
     return int(records[-1].get("step", 0)) if records else 0
 
 

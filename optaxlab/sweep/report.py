@@ -70,7 +70,8 @@ def point_row(plan: Plan, point: Point, sweep_dir: Path) -> dict[str, Any]:
         if prev is not None and isinstance(sps, (int, float)) and sps > 0:
             train_s += (r["step"] - prev) / sps
         prev = r.get("step", prev)
-    row: dict[str, Any] = {"name": point.name, "group": point.group, **point.values}
+    row: dict[str, Any] = {"name": point.name, "group": point.group, "seed": point.seed,
+                           **point.values}
     row.update(
         status=state.status, step=state.step, steps=state.steps,
         diverged_step=state.diverged_step, exit_code=state.exit_code,
@@ -107,7 +108,8 @@ def _csv_value(v: Any) -> str:
 
 
 def write_csv(plan: Plan, rows: list[dict[str, Any]], path: Path) -> None:
-    columns = ["name", "group", *plan.fields, *COLUMNS]
+    columns = ["name", "group", *plan.fields, *([] if "seed" in plan.fields else ["seed"]),
+               *COLUMNS]
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)

@@ -177,6 +177,7 @@ class Point:
     overrides: dict[str, Any]  # field -> value given to the trainer (sweep overrides + point)
     args: tuple[str, ...]  # trainer arguments after --config/--workdir
     steps: int  # config.steps of the point
+    seed: int  # config.seed of the point (swept or not)
 
     def workdir(self, sweep_dir: Path) -> Path:
         return Path(sweep_dir) / POINTS_DIR / self.name
@@ -532,7 +533,7 @@ def resolve(spec: Mapping[str, Any], sweep_file: str | Path | None = None) -> Pl
         args = tuple(f"--config.{f}={command_value(v)}" for f, v in given.items())
         points.append(Point(index=index, name=name, group=group,
                             values={f: _get(cfg, f) for f in fields}, overrides=given,
-                            args=args, steps=int(cfg.steps)))
+                            args=args, steps=int(cfg.steps), seed=int(cfg.seed)))
 
     title = spec.get("name") or (sweep_file.stem if sweep_file else Path(config_path).stem)
     return Plan(name=str(title), sweep_file=str(sweep_file) if sweep_file else None,

@@ -156,4 +156,5 @@ def test_plots(grid_sweep, tmp_path):
         fake_point(p.workdir(tmp_path / "betas"), 3.0 - b1 + abs(b2 - 0.95) - lr * 10)
     out = write_report(tmp_path / "betas", quiet=True)
     png(out["heatmap_b1_b2"])
+    assert {r["seed"] for r in read_csv(out["results"])} == {"0"}  # a column even unswept
     assert "Best: b1=0.9, b2=0.95, lr=0.003: 2.07 (n=1)" in out["summary"].read_text()

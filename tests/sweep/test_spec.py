@@ -59,7 +59,7 @@ def test_resolve_names_groups_and_trainer_arguments():
     p = plan.points[-1]
     assert p.values == {"optimizer.name": "signum", "optimizer.learning_rate": 3.16e-3,
                         "seed": 1}
-    assert p.steps == 20
+    assert p.steps == 20 and p.seed == 1
     assert "--config.optimizer.name=signum" in p.args
     assert "--config.optimizer.learning_rate=0.00316" in p.args
     assert "--config.seed=1" in p.args and "--config.steps=20" in p.args
