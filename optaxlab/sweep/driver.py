@@ -160,7 +160,6 @@ class _Running:
     points: list[Point]
     locks: list[outcome.PointLock]
     started: float
-    start_steps: dict[str, int]
 
 
 def _counts(states: dict[str, outcome.State]) -> dict[str, int]:
@@ -211,8 +210,8 @@ class Driver:
         # First seed of every setting first: the other seeds then load the compiled train step
         # from the compilation cache (same program; only the seed differs), and the whole grid
         # has a first result early.
-        seeds = sorted({p.values.get("seed", 0) for p in todo})
-        todo.sort(key=lambda p: (seeds.index(p.values.get("seed", 0)), p.index))
+        seeds = sorted({p.seed for p in todo})
+        todo.sort(key=lambda p: (seeds.index(p.seed), p.index))
         jobs: list[list[Point]] = []
         keys: dict[Any, list[Point]] = {}
         for p in todo:
@@ -270,8 +269,7 @@ class Driver:
                     pid = getattr(getattr(job, "proc", None), "pid", None)
                     for lock in locks:
                         lock.describe(pid=pid, worker=slot)
-                    running.append(_Running(job, slot, list(pts), locks, time.time(),
-                                            {p.name: states[p.name].step for p in pts}))
+                    running.append(_Running(job, slot, list(pts), locks, time.time()))
                     for p in pts:
                         st = states[p.name]
                         what = (f"resume {p.name} (from its last checkpoint; metrics at step "
