@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -78,9 +77,3 @@ def test_hparam_values_from_config_reach_the_optimizer():
     _, state = tx.update({"w": jnp.array([1.0, -1.0])}, state, params)
     trace = [x for x in jax.tree.leaves(state) if getattr(x, "shape", None) == (2,)]
     np.testing.assert_allclose(np.asarray(trace[0]), [0.5, -0.5])  # (1 - beta) * g
-
-
-def test_unknown_hparam_in_a_config_block():
-    cfg = ml_collections.ConfigDict(dict(name="adam", learning_rate=1e-3, momentum=0.9))
-    with pytest.raises(ValueError, match=r"config\.optimizer\.momentum: optimizer 'adam' has no"):
-        optim.optimizer_hparams(cfg)
