@@ -122,7 +122,13 @@ class Writer:
         else:
             self._lines = kept
             self._stage = Path(tempfile.mkdtemp(prefix="optaxlab_tensorboard_"))
+            # Empty stand-ins for the event files already there, so that ours are named after
+            # them (TensorBoard reads a folder's files in name order); never copied up.
             self._uploaded: dict[str, int] = {}
+            if self._tb_dir.exists():
+                for f in self._tb_dir.iterdir():
+                    (self._stage / f.name).touch()
+                    self._uploaded[f.name] = -1
             self.tb = events.EventWriter(self._stage, purge_step=self._purge)
         self._last_flush = time.monotonic()
 
@@ -161,7 +167,7 @@ class Writer:
         self._tb_dir.mkdir(parents=True, exist_ok=True)
         for f in sorted(self._stage.iterdir()):
             size = f.stat().st_size
-            if self._uploaded.get(f.name) != size:
+            if self._uploaded.get(f.name) not in (size, -1):
                 epath.Path(f).copy(self._tb_dir / f.name, overwrite=True)
                 self._uploaded[f.name] = size
 
