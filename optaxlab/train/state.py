@@ -57,6 +57,11 @@ def param_specs(model_cfg) -> tuple[Any, dict]:
     return graphdef, table
 
 
+def abstract_params(model_cfg):
+    """The model's parameters as a dict of ShapeDtypeStructs (nothing allocated)."""
+    return jax.eval_shape(lambda: split(_build(model_cfg, 0))[1])
+
+
 def param_names(params) -> list[str]:
     """Names ("blocks/0/mlp/up/kernel") of the parameter leaves, in `jax.tree.leaves` order."""
     return [mesh_lib.name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
