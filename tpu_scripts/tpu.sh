@@ -12,7 +12,8 @@
 #   status    the TPU's state (READY, PREEMPTED, ...) and the trainer processes on each worker
 #   relaunch  after a preemption: if the TPU is not READY, delete it, create it again, install
 #             and sync, and remove the dead run's WORKDIR/.lock; then launch TRAINER ARGS (the
-#             same command as before: the run resumes from its last checkpoint)
+#             same command as before: the run resumes from its last checkpoint). If the TPU is
+#             READY and worker 0 still trains, it does nothing (safe to run from a cron job).
 #   stop      SIGTERM to the trainers (they finish the step, checkpoint and exit 0)
 #   delete    delete the TPU
 #
@@ -165,6 +166,11 @@ relaunch() {
     current=PREEMPTED
   else
     current=$(state)
+  fi
+  if [[ "$current" == READY ]] && (( ! DRY_RUN )) && on_worker 0 \
+      "kill -0 \$(cat $LOGS/worker_0.pid 2>/dev/null) 2>/dev/null" >/dev/null 2>&1; then
+    echo "TPU $TPU_NAME is READY and worker 0 is training: nothing to do"
+    return 0
   fi
   if [[ "$current" != READY ]]; then
     (( DRY_RUN )) || echo "TPU $TPU_NAME is ${current:-gone}: creating it again"

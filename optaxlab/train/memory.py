@@ -177,6 +177,7 @@ def compiled_memory(config, batch_per_device: int) -> Any:
     from optaxlab.train import step as step_lib
 
     config.batch_size = max(int(batch_per_device), 1)
+    config.monitor.every = 0  # the plain step
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 1, 1
     mesh = mesh_lib.make_mesh((1, 1, 1), jax.devices()[:1])
     tx = optim.make_optimizer(config.optimizer, config.steps)
@@ -226,9 +227,13 @@ def main(argv):
         raise SystemExit(f"error: {str(e).splitlines()[0]}") from None
     print(report(est, config))
     if f.compile:
-        analysis = compiled_memory(config, int(est.batch_per_device))
-        print(f"\nXLA ({jax.devices()[0].platform}), one device, batch "
-              f"{int(est.batch_per_device)}: {analysis}")
+        a = compiled_memory(config, int(est.batch_per_device))
+        print(f"\nXLA's analysis of the compiled step ({jax.devices()[0].platform}, one device, "
+              f"batch {int(est.batch_per_device)}): arguments {_gb(a.argument_size_in_bytes)}, "
+              f"outputs {_gb(a.output_size_in_bytes)} (aliased {_gb(a.alias_size_in_bytes)}), "
+              f"temporaries {_gb(a.temp_size_in_bytes)} (vs. the estimate's activations + "
+              f"gradients: {_gb(list(est.activations.values())[0] + est.param_bytes)})"
+              if est.activations else f"\nXLA: {a}")
 
 
 def _define_flags() -> None:
