@@ -1,7 +1,7 @@
 """The training loop: validate, lock the workdir, resume, train/eval/checkpoint/log, clean up.
 
-Order of a run (nothing is written to the workdir before step 3, and a refused run leaves it
-byte-identical):
+Order of a run (the lock is the first thing written to the workdir; a run refused at steps 1-3
+leaves it byte-identical):
   1. validate the config, build the optimizer, model shapes and data pipelines (exit 2 on error);
   2. take WORKDIR/.lock (exit 5 if another live process holds it);
   3. with --restart, move the old run aside; else check that the newest checkpoint fits this
@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 import optax
 import tqdm
 from etils import epath
@@ -56,6 +57,28 @@ class RunResult(NamedTuple):
     start_step: int  # the step this run started from (> 0 when it resumed)
     status: str = "finished"  # 'finished' | 'preempted' (SIGTERM) | 'interrupted' (SIGINT)
     message: str = ""  # one line saying how the run ended (also in status.json)
+
+
+class _Setup(NamedTuple):
+    """Everything a run needs that is decided before the workdir is touched."""
+
+    config: Any
+    plan: config_lib.Plan
+    mesh: Any
+    end: int  # the step this run stops at
+    names: list[str]  # parameter names, in leaf order
+    fingerprint: dict[str, Any]  # what a checkpoint must share with this config
+    optimizer: dict[str, Any]  # config.optimizer as JSON
+    abstract: state_lib.TrainState  # ShapeDtypeStructs with shardings
+    init_fn: Callable[[], state_lib.TrainState]
+    train_ds: Any
+    val_ds: Any
+    plain_step: Callable | None
+    monitored_step: Callable | None
+    eval_step: Callable
+    every: int  # monitor every N steps (0: off)
+    monitor_write: Callable | None
+    msettings: Any
 
 
 def _datasets(config, task: str, rows):
@@ -117,8 +140,6 @@ def _take_lock(workdir) -> dict[str, Any] | None:
         except errors.WorkdirLockedError as e:
             refused = e
     if jax.process_count() > 1:
-        import numpy as np
-
         got = multihost_utils.broadcast_one_to_all(np.int32(refused is None))
         if not int(got) and refused is None:
             refused = errors.WorkdirLockedError(f"workdir {workdir} is locked (see process 0)")
@@ -144,6 +165,19 @@ def train(config, workdir, *, devices=None, stop_after: int | None = None,
     IOFailure or other I/O errors (4), WorkdirLockedError (5); KeyboardInterrupt after a second
     SIGINT. SIGTERM / SIGINT return normally with status 'preempted' / 'interrupted'.
     """
+    setup = _prepare(config, devices, stop_after, wrap_optimizer)
+    # The config is valid: take the workdir, then look at its checkpoints (read-only).
+    workdir = epath.Path(workdir)
+    if workdir_lib.is_local(workdir):
+        workdir = epath.Path(os.path.abspath(workdir))
+    holder = _take_lock(workdir)
+    with signals_lib.Stopper(setup.mesh) as stopper:  # from here a signal ends a run cleanly
+        return _after_lock(setup, workdir, holder, stopper, restart)
+
+
+def _prepare(config, devices, stop_after, wrap_optimizer) -> _Setup:
+    """Step 1 of a run: validate, build the optimizer, shapes, data and steps (no I/O in the
+    workdir; ConfigError / DataError on bad input)."""
     config = copy.deepcopy(config)
     devices = list(jax.devices() if devices is None else devices)
     plan = config_lib.validate(config, num_devices=len(devices))
@@ -180,23 +214,18 @@ def train(config, workdir, *, devices=None, stop_after: int | None = None,
         graphdef=graphdef, tx=tx, task=plan.task, config=config, state_shardings=shardings,
         batch_sharding=mesh_lib.batch_sharding(mesh), replicated=mesh_lib.replicated(mesh),
         measure=measure)
-    names = state_lib.param_names(abstract.params)
-    print_ = fingerprint(config, plan.task)
-    opt_fields = _jsonable(config.optimizer.to_dict())
-
-    # The config is valid: take the workdir, then look at its checkpoints (read-only).
-    workdir = epath.Path(workdir)
-    if workdir_lib.is_local(workdir):
-        workdir = epath.Path(os.path.abspath(workdir))
-    holder = _take_lock(workdir)
-    with signals_lib.Stopper(mesh) as stopper:  # from here a signal ends the run cleanly
-        return _after_lock(config, plan, mesh, workdir, holder, stopper, restart, end, names,
-                           print_, opt_fields, abstract, init_fn, train_ds, val_ds, plain_step,
-                           monitored_step, eval_step, every, monitor_write, msettings)
+    return _Setup(config=config, plan=plan, mesh=mesh, end=end,
+                  names=state_lib.param_names(abstract.params),
+                  fingerprint=fingerprint(config, plan.task),
+                  optimizer=_jsonable(config.optimizer.to_dict()), abstract=abstract,
+                  init_fn=init_fn, train_ds=train_ds, val_ds=val_ds, plain_step=plain_step,
+                  monitored_step=monitored_step, eval_step=eval_step, every=every,
+                  monitor_write=monitor_write, msettings=msettings)
 
 
-def _after_lock(config, plan, mesh, workdir, holder, stopper, restart, *args) -> RunResult:
+def _after_lock(setup: _Setup, workdir, holder, stopper, restart: bool) -> RunResult:
     """Steps 3-5 of a run (see the module docstring), the lock held by `holder`."""
+    config = setup.config
     is_main = jax.process_index() == 0
     mngr = None
     try:
@@ -206,8 +235,7 @@ def _after_lock(config, plan, mesh, workdir, holder, stopper, restart, *args) ->
             multihost_utils.sync_global_devices("optaxlab_restart")
         mngr = ckpt_lib.manager(workdir / "checkpoints", keep=config.keep_checkpoints,
                                 async_save=config.async_checkpointing)
-        end, names, print_, opt_fields, abstract = args[:5]
-        ckpt_lib.check_compatible(mngr, abstract, print_, opt_fields)
+        ckpt_lib.check_compatible(mngr, setup.abstract, setup.fingerprint, setup.optimizer)
     except BaseException:
         if mngr is not None:
             mngr.close()
@@ -215,7 +243,7 @@ def _after_lock(config, plan, mesh, workdir, holder, stopper, restart, *args) ->
             workdir_lib.release(workdir, holder)
         raise
 
-    run = _Run(config, plan, mesh, workdir, mngr, *args)
+    run = _Run(setup, workdir, mngr)
     outcome = {"status": "failed", "exit_code": errors.BUG, "message": "", "diverged_step": None}
     aborted = False
     try:
@@ -251,17 +279,8 @@ def _after_lock(config, plan, mesh, workdir, holder, stopper, restart, *args) ->
 class _Run:
     """One run attempt after the workdir is taken: restore, loop, close."""
 
-    def __init__(self, config, plan, mesh, workdir, mngr, end, names, print_, opt_fields,
-                 abstract, init_fn, train_ds, val_ds, plain_step, monitored_step, eval_step,
-                 every, monitor_write, msettings):
-        self.config, self.plan, self.mesh, self.workdir, self.mngr = (config, plan, mesh,
-                                                                      workdir, mngr)
-        self.end, self.names, self.fingerprint, self.opt_fields = end, names, print_, opt_fields
-        self.abstract, self.init_fn = abstract, init_fn
-        self.train_ds, self.val_ds = train_ds, val_ds
-        self.plain_step, self.monitored_step, self.eval_step = (plain_step, monitored_step,
-                                                                eval_step)
-        self.every, self.monitor_write, self.msettings = every, monitor_write, msettings
+    def __init__(self, setup: _Setup, workdir, mngr):
+        self.setup, self.workdir, self.mngr = setup, workdir, mngr
         self.is_main = jax.process_index() == 0
         self.writer = self.bar = None
         self.step = 0  # last completed step
@@ -269,11 +288,11 @@ class _Run:
         self.status = "finished"
 
     def _restore(self):
-        restored = ckpt_lib.restore_latest(self.mngr, self.abstract, self.fingerprint,
-                                           self.opt_fields)
-        data_iter = iter(self.train_ds)
+        s = self.setup
+        restored = ckpt_lib.restore_latest(self.mngr, s.abstract, s.fingerprint, s.optimizer)
+        data_iter = iter(s.train_ds)
         if restored is None:
-            return 0, self.init_fn(), data_iter
+            return 0, s.init_fn(), data_iter
         start, state, meta = restored
         if isinstance(state, dict):  # a target-less restore gives dicts; ours gives TrainState
             state = state_lib.TrainState(**state)
@@ -283,13 +302,14 @@ class _Run:
         return start, state, data_iter
 
     def _meta(self, data_iter) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint,
-                "config": _jsonable(self.config.to_dict()),
+        return {"fingerprint": self.setup.fingerprint,
+                "config": _jsonable(self.setup.config.to_dict()),
                 "data_iterator": _jsonable(data_iter.get_state()),
                 "process_count": jax.process_count()}
 
     def loop(self, stopper: signals_lib.Stopper) -> RunResult:
-        config, plan, mesh, workdir = self.config, self.plan, self.mesh, self.workdir
+        s = self.setup
+        config, plan, mesh, workdir = s.config, s.plan, s.mesh, self.workdir
         start, state, data_iter = self._restore()
         self.step = start
         if self.is_main:
@@ -298,26 +318,26 @@ class _Run:
                                                   enabled=self.is_main)
         per_step = config.batch_size * (config.seq_len if plan.task == "lm" else 1)
         unit = "tokens" if plan.task == "lm" else "examples"
-        bar = self.bar = tqdm.tqdm(total=self.end, initial=start,
+        bar = self.bar = tqdm.tqdm(total=s.end, initial=start,
                                    disable=not (config.progress_bar and self.is_main),
                                    file=sys.stderr, dynamic_ncols=True, desc="train")
         records: list[dict[str, Any]] = []
         clock = {"time": None, "step": start}
-        names, end = self.names, self.end
+        names, end = s.names, s.end
 
         def batch_of(it) -> dict[str, jax.Array]:
             return mesh_lib.global_batch(next(it), mesh, config.batch_size)
 
         def evaluate(state) -> dict[str, float]:
             sums: dict[str, float] = {}
-            it, n = iter(self.val_ds), 0
+            it, n = iter(s.val_ds), 0
             while not config.eval_batches or n < config.eval_batches:
                 try:
                     batch = batch_of(it)
                 except StopIteration:
                     break
                 n += 1
-                out = self.eval_step(state.params, state.rest, batch)
+                out = s.eval_step(state.params, state.rest, batch)
                 for k, v in jax.device_get(out).items():
                     sums[k] = sums.get(k, 0.0) + float(v)
             if not sums:
@@ -373,7 +393,7 @@ class _Run:
             writer.scalars(step, train_metrics, "train")
             record = {"step": step, **train_metrics}
             if stats and self.is_main:
-                record.update(self.monitor_write(writer.tb, step, stats, self.msettings) or {})
+                record.update(s.monitor_write(writer.tb, step, stats, s.msettings) or {})
             bar.set_postfix(loss=f"{train_metrics['loss']:.4f}", refresh=False, **(
                 {f"{unit[:3]}/s": f"{train_metrics[f'{unit}_per_sec']:.0f}"}
                 if f"{unit}_per_sec" in train_metrics else {}))  # drawn at the next update
@@ -389,9 +409,8 @@ class _Run:
         pending, stop = None, signals_lib.NONE
         for step in range(start + 1, end + 1):
             batch = batch_of(data_iter)
-            monitored = self.every > 0 and step % self.every == 0
-            state, m, stats = (self.monitored_step if monitored else self.plain_step)(state,
-                                                                                      batch)
+            monitored = s.every > 0 and step % s.every == 0
+            state, m, stats = (s.monitored_step if monitored else s.plain_step)(state, batch)
             flag = stopper.poll()
             bar.update(1)
             if pending is not None:

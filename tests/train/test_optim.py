@@ -77,3 +77,18 @@ def test_hparam_values_from_config_reach_the_optimizer():
     _, state = tx.update({"w": jnp.array([1.0, -1.0])}, state, params)
     trace = [x for x in jax.tree.leaves(state) if getattr(x, "shape", None) == (2,)]
     np.testing.assert_allclose(np.asarray(trace[0]), [0.5, -0.5])  # (1 - beta) * g
+
+
+def test_wrap_adds_transforms_and_the_learning_rate_is_still_found():
+    from optaxlab.testing import nonfinite_at
+
+    cfg = block(name="sgd", learning_rate=0.5, warmup_fraction=0.0, schedule="constant")
+    tx = optim.make_optimizer(cfg, 4, wrap=lambda tx: optax.chain(tx, nonfinite_at(2, "w")))
+    params = {"w": jnp.zeros(2), "v": jnp.zeros(1)}
+    state = tx.init(params)
+    grads = {"w": jnp.ones(2), "v": jnp.ones(1)}
+    u1, state = tx.update(grads, state, params)
+    assert float(optim.learning_rate(state)) == 0.5
+    u2, state = tx.update(grads, state, params)
+    assert np.isfinite(np.asarray(u1["w"])).all() and np.isnan(np.asarray(u2["w"])).all()
+    np.testing.assert_allclose(np.asarray(u2["v"]), [-0.5])  # only leaves matching "w"
