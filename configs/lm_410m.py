@@ -20,8 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_batches = 50
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
-    c.grad_clip = 1.0
-    c.optimizer = optimizer_config("adamw", 6e-4, b2=0.95, weight_decay=0.1)
+    c.optimizer = optimizer_config("adamw", 6e-4, b2=0.95, weight_decay=0.1, max_norm=1.0)
     c.model = model_config("transformer", vocab_size=256, d_model=1024, n_layers=24, n_heads=16,
                            max_len=2048, compute_dtype="bfloat16")
     c.data = data_config("stdlib_text")

@@ -20,8 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_batches = 32
     c.checkpoint_every = 500
     c.keep_checkpoints = 3
-    c.grad_clip = 1.0
-    c.optimizer = optimizer_config("adamw", 1e-3, b2=0.95, weight_decay=0.1)
+    c.optimizer = optimizer_config("adamw", 1e-3, b2=0.95, weight_decay=0.1, max_norm=1.0)
     c.model = model_config("transformer", vocab_size=256, d_model=256, n_layers=4, n_heads=4,
                            max_len=256)
     c.data = data_config("stdlib_text")

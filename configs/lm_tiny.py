@@ -19,8 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_batches = 8
     c.checkpoint_every = 100
     c.keep_checkpoints = 2
-    c.grad_clip = 1.0
-    c.optimizer = optimizer_config("adam", 3e-3, b2=0.95)
+    c.optimizer = optimizer_config("adam", 3e-3, b2=0.95, max_norm=1.0)
     c.model = model_config("transformer", vocab_size=256, d_model=64, n_layers=2, n_heads=4,
                            max_len=64)
     c.data = data_config("stdlib_text")

@@ -15,7 +15,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_batches = 0  # the whole validation split
     c.checkpoint_every = 250
     c.keep_checkpoints = 2
-    c.grad_clip = 0.0
     c.optimizer = optimizer_config("adam", 1e-3)
     c.optimizer.warmup_fraction = 0.0
     c.model = model_config("mlp", num_classes=10, hidden=(256, 256), input_shape=(8, 8, 1))

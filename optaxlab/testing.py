@@ -1,7 +1,11 @@
-"""Random gradient streams for checking optimizers step for step against references.
+"""Test helpers: random gradient streams for checking optimizers step for step against
+references, and `nonfinite_at`, a transform that injects NaN updates at a chosen step.
 
-Used by optaxlab's own tests; handy for checking a new transform the same way.
+Used by optaxlab's own tests; handy for checking a new transform (or a training loop's NaN
+handling) the same way.
 """
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -53,3 +57,44 @@ def np_ema(g: np.ndarray, beta: float, init: str = "zero") -> np.ndarray:
         m = g[0] if (init == "first" and t == 0) else beta * m + (1 - beta) * g[t]
         out.append(m)
     return np.stack(out)
+
+
+class NonfiniteAtState(NamedTuple):
+    count: jax.Array  # int32, updates done
+
+
+def nonfinite_at(step: int, pattern: str = "") -> optax.GradientTransformation:
+    """Test-only transform: NaN updates, at the `step`-th update (1-based), for every leaf whose
+    name contains `pattern` ('' = every leaf); the updates pass through unchanged otherwise.
+
+    Leaf names are `jax.tree_util.keystr(path, simple=True, separator="/")` of the updates tree,
+    e.g. "blocks/0/mlp/down/kernel". Put it after an optimizer to make one step's update (and so
+    the new parameters) non-finite from outside the train step:
+    `train(config, workdir, wrap_optimizer=lambda tx: optax.chain(tx, nonfinite_at(5, "down")))`.
+    `step <= 0` never fires (same state structure, handy for resuming such a run).
+
+    Args:
+      step: the update (1, 2, ...) whose updates become NaN.
+      pattern: substring of the leaf names to poison.
+
+    Returns:
+      An `optax.GradientTransformation` whose state counts the updates.
+    """
+
+    def init(params):
+        del params
+        return NonfiniteAtState(count=jnp.zeros((), jnp.int32))
+
+    def update(updates, state, params=None):
+        del params
+        count = state.count + 1
+
+        def poison(path, u):
+            name = jax.tree_util.keystr(path, simple=True, separator="/")
+            if pattern not in name:
+                return u
+            return jnp.where(count == step, jnp.full_like(u, jnp.nan), u)
+
+        return jax.tree_util.tree_map_with_path(poison, updates), NonfiniteAtState(count)
+
+    return optax.GradientTransformation(init, update)

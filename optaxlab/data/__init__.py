@@ -24,12 +24,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from optaxlab.data.corpus import default_cache_dir, ensure_stdlib_corpus
+from optaxlab.data.corpus import DataError, default_cache_dir, ensure_stdlib_corpus
 from optaxlab.data.lm import lm_dataset
 from optaxlab.data.vision import vision_dataset
 
-__all__ = ["DEFAULTS", "NAMES", "default_cache_dir", "ensure_stdlib_corpus", "lm_dataset",
-           "resolve_data_cfg", "vision_dataset"]
+__all__ = ["DEFAULTS", "NAMES", "DataError", "default_cache_dir", "ensure_stdlib_corpus",
+           "lm_dataset", "resolve_data_cfg", "vision_dataset"]
 
 NAMES = ("stdlib_text", "memmap", "digits", "cifar10")
 DEFAULTS: dict[str, Any] = dict(name="stdlib_text", path=None, cache_dir=None, dtype=None,

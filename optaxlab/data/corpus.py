@@ -42,6 +42,11 @@ STDLIB_VAL_FRACTION = 0.04
 CORPUS_VERSION = 1
 
 
+class DataError(ValueError):
+    """Bad training data (a token file of the wrong size or with ids >= the vocabulary, an
+    unreadable or foreign dataset file); the message names the file."""
+
+
 @dataclass(frozen=True)
 class Document:
     """A named text document whose bytes are read lazily (``read()``)."""
@@ -218,7 +223,13 @@ def load_tokens(path: str | os.PathLike, dtype: str | np.dtype = "uint8") -> np.
     """Read-only memmap of a token file (an empty file gives an empty array)."""
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"token file {str(path)!r} does not exist")
-    if path.stat().st_size == 0:
+        raise DataError(f"token file {str(path)!r} does not exist")
+    size = path.stat().st_size
+    itemsize = np.dtype(dtype).itemsize
+    if size % itemsize:
+        raise DataError(f"token file {str(path)!r} has {size} bytes, not a multiple of "
+                        f"{itemsize} ({np.dtype(dtype).name}): is data.dtype right? (nanoGPT "
+                        "writes uint16; the bundled byte corpus is uint8)")
+    if size == 0:
         return np.zeros((0,), dtype=dtype)  # np.memmap refuses empty files
     return np.memmap(path, dtype=dtype, mode="r")

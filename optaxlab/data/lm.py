@@ -13,7 +13,12 @@ token, so every token but the first is a target exactly once per epoch). The pip
       .to_iter_dataset()
 
 Each element is ``{'inputs': int32[B, T], 'targets': int32[B, T]}`` with ``targets`` the
-inputs shifted by one. Iterators are grain ``DatasetIterator``s: ``get_state()`` /
+inputs shifted by one. With ``rows`` (multi-host training), the window ids of each global
+batch are drawn as above on every process, and each process reads only its ``rows`` of them,
+so the batches do not depend on the number of processes and no process reads the others' rows.
+With ``vocab_size``, a token id >= vocab_size is a ``DataError`` naming the file, the id and the
+vocabulary: checked over the whole file when the dataset is made (files up to
+``SCAN_BYTES``) and in every batch read. Iterators are grain ``DatasetIterator``s: ``get_state()`` /
 ``set_state()`` restore the exact position, so a resumed run sees the same batches.
 Reading happens in this process (grain worker processes are not used; the per-batch work is
 one memcpy). ``num_threads`` (a data-config key, default 1) prefetches batches on background
@@ -33,14 +38,33 @@ import numpy as np
 from optaxlab.data import corpus
 
 TOKEN_DTYPES = ("uint8", "uint16", "uint32")
+SCAN_BYTES = 1 << 30  # token files up to this size are checked against the vocabulary up front
+
+
+def _too_large(path, max_id: int, vocab_size: int, where: str) -> corpus.DataError:
+    return corpus.DataError(
+        f"token id {max_id} >= model.vocab_size={vocab_size} in {str(path)!r} ({where}): the "
+        "data was tokenized with a larger vocabulary (set --config.model.vocab_size) or "
+        "data.dtype is wrong")
+
+
+def check_vocab(path, dtype: str, vocab_size: int) -> None:
+    """DataError if the token file holds an id >= vocab_size (reads the whole file)."""
+    tokens = corpus.load_tokens(path, dtype)
+    if len(tokens):
+        max_id = int(tokens.max())
+        if max_id >= vocab_size:
+            raise _too_large(path, max_id, vocab_size, "largest id in the file")
 
 
 class WindowGather:
-    """Maps a batch of window ids to ``{'inputs', 'targets'}``; opens the memmap lazily, so
-    the object pickles cheaply (by path)."""
+    """Maps a batch of window ids to ``{'inputs', 'targets'}`` (only ``rows`` of it, if set);
+    opens the memmap lazily, so the object pickles cheaply (by path)."""
 
-    def __init__(self, path: str | os.PathLike, dtype: str, seq_len: int):
+    def __init__(self, path: str | os.PathLike, dtype: str, seq_len: int,
+                 vocab_size: int | None = None, rows: np.ndarray | None = None):
         self.path, self.dtype, self.seq_len = str(path), dtype, seq_len
+        self.vocab_size, self.rows = vocab_size, rows
         self._tokens: np.ndarray | None = None
 
     @property
@@ -53,9 +77,18 @@ class WindowGather:
         return {**self.__dict__, "_tokens": None}
 
     def __call__(self, window_ids: np.ndarray) -> dict[str, np.ndarray]:
-        starts = np.asarray(window_ids, dtype=np.int64) * self.seq_len
+        window_ids = np.asarray(window_ids, dtype=np.int64)
+        if self.rows is not None:
+            window_ids = window_ids[self.rows]
+        starts = window_ids * self.seq_len
         idx = starts[:, None] + np.arange(self.seq_len + 1, dtype=np.int64)[None, :]
-        windows = self.tokens[idx].astype(np.int32)
+        windows = self.tokens[idx]
+        if self.vocab_size is not None and windows.size:
+            max_id = int(windows.max())
+            if max_id >= self.vocab_size:
+                raise _too_large(self.path, max_id, self.vocab_size,
+                                 f"in the windows starting at token {int(starts[0])}")
+        windows = windows.astype(np.int32)
         return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
 
 
@@ -128,14 +161,17 @@ def to_iter(ds: grain.MapDataset, num_threads: int, prefetch: int) -> grain.Iter
 
 def lm_dataset(data_cfg: dict[str, Any], *, split: str, seq_len: int, batch_size: int,
                seed: int, shard_index: int = 0, shard_count: int = 1,
-               num_epochs: int | None = None, drop_remainder: bool = True
+               num_epochs: int | None = None, drop_remainder: bool = True,
+               vocab_size: int | None = None, rows: np.ndarray | None = None
                ) -> grain.IterDataset:
-    """Batches ``{'inputs': int32[B, T], 'targets': int32[B, T]}`` of this process's rows.
+    """Batches ``{'inputs': int32[B, T], 'targets': int32[B, T]}``.
 
     ``num_epochs=None``: infinite for 'train', one pass for 'val'. With ``drop_remainder``
     (default) every batch has ``batch_size`` rows and the last partial batch of a finite pass
-    is dropped. ``iter(ds)`` gives a grain ``DatasetIterator`` with ``get_state()`` /
-    ``set_state()``.
+    is dropped. ``rows``: read only these rows (sorted indices into the batch) of every batch
+    (``shard_index``/``shard_count`` instead split the windows themselves between readers).
+    ``vocab_size``: reject token ids >= it (``DataError``). ``iter(ds)`` gives a grain
+    ``DatasetIterator`` with ``get_state()`` / ``set_state()``.
     """
     from optaxlab.data import resolve_data_cfg  # late: the package imports this module
 
@@ -146,10 +182,16 @@ def lm_dataset(data_cfg: dict[str, Any], *, split: str, seq_len: int, batch_size
         raise ValueError(f"seq_len={seq_len} must be >= 1")
     path, dtype = token_file(cfg, split)
     n_tokens = len(corpus.load_tokens(path, dtype))
+    if vocab_size is not None and os.path.getsize(path) <= SCAN_BYTES:
+        check_vocab(path, dtype, vocab_size)
+    if rows is not None:
+        rows = np.asarray(rows, np.int64)
+        if rows.ndim != 1 or not len(rows) or rows.min() < 0 or rows.max() >= batch_size:
+            raise ValueError(f"rows={rows!r} must be indices in [0, batch_size={batch_size})")
     ds = index_pipeline(num_windows(n_tokens, seq_len), split=split, batch_size=batch_size,
                         seed=seed, shard_index=shard_index, shard_count=shard_count,
                         num_epochs=num_epochs,
                         what=f"windows of {seq_len}+1 tokens ({n_tokens} tokens in {path})",
                         drop_remainder=drop_remainder)
-    return to_iter(ds.map(WindowGather(path, dtype, seq_len)), cfg["num_threads"],
-                   cfg["prefetch"])
+    return to_iter(ds.map(WindowGather(path, dtype, seq_len, vocab_size, rows)),
+                   cfg["num_threads"], cfg["prefetch"])

@@ -7,7 +7,10 @@
   or directly in ``PATH``; or a ``PATH/cifar10.npz`` with ``x_train``, ``y_train``, ``x_test``,
   ``y_test`` (uint8 NHWC images, integer labels). ``PATH`` is ``data.path`` (default
   ``CACHE_DIR/cifar10``). 'val' is the test set. Pixels are scaled to [0, 1] and standardized
-  per channel with the usual CIFAR-10 mean and standard deviation.
+  per channel with the usual CIFAR-10 mean and standard deviation. The pickle batches are read with
+a restricted unpickler (`read_cifar_pickle`) that builds only what the official files hold
+(dicts, lists, bytes, ints and uint8 numpy arrays): a crafted file is rejected before any of its
+code runs.
 
 Elements are ``{'image': float32[B, H, W, C], 'label': int32[B]}``, shuffled per epoch, with
 the same sharding / repeat / resume semantics as the LM data (see ``optaxlab.data.lm``).
@@ -33,13 +36,16 @@ CIFAR_TEST_FILE = "test_batch"
 
 
 class ArrayGather:
-    """Maps a batch of example ids to ``{'image', 'label'}`` from in-memory arrays."""
+    """Maps a batch of example ids to ``{'image', 'label'}`` from in-memory arrays (only
+    ``rows`` of the batch, if set)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images, self.labels = images, labels
+    def __init__(self, images: np.ndarray, labels: np.ndarray, rows: np.ndarray | None = None):
+        self.images, self.labels, self.rows = images, labels, rows
 
     def __call__(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         ids = np.asarray(ids, dtype=np.int64)
+        if self.rows is not None:
+            ids = ids[self.rows]
         return {"image": self.images[ids], "label": self.labels[ids]}
 
 
@@ -65,11 +71,53 @@ def _cifar_missing(root: Path) -> ValueError:
         "data.path to the folder that holds it.")
 
 
-def _read_pickle_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as f:
-        batch = pickle.load(f, encoding="bytes")
+# The only globals a CIFAR-10 batch refers to: numpy's array reconstruction (numpy 1 and 2
+# module names; none of them runs code from the file) and, in protocol-2 pickles written by
+# Python 3, bytes via _codecs.encode.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR-10 batch "
+                                         "never does")
+        return super().find_class(module, name)
+
+
+def read_cifar_pickle(path: Path) -> dict:
+    """A CIFAR-10 python batch as {str key: value}, through a restricted unpickler: only the
+    globals in _CIFAR_GLOBALS can be loaded, so no code from the file runs. DataError if the
+    file is not a plain CIFAR-10 batch."""
+    try:
+        with open(path, "rb") as f:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        raise corpus.DataError(f"CIFAR-10 file {str(path)!r} is not a plain CIFAR-10 batch and "
+                               f"was not loaded: {e}") from None
+    if not isinstance(batch, dict):
+        raise corpus.DataError(f"CIFAR-10 file {str(path)!r} holds a {type(batch).__name__}, "
+                               "not a batch dict")
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
-    data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    data, labels = batch.get("data"), batch.get("labels")
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+            and data.shape[1] == 3072):
+        raise corpus.DataError(f"CIFAR-10 file {str(path)!r}: 'data' must be a uint8 array "
+                               "[N, 3072]")
+    if not (isinstance(labels, list) and len(labels) == len(data)
+            and all(isinstance(y, int) and 0 <= y < 10 for y in labels)):
+        raise corpus.DataError(f"CIFAR-10 file {str(path)!r}: 'labels' must be {len(data)} "
+                               "ints in [0, 10)")
+    return batch
+
+
+def _read_pickle_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    batch = read_cifar_pickle(path)
+    data = batch["data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return data, np.asarray(batch["labels"], dtype=np.int32)
 
 
@@ -118,13 +166,14 @@ def vision_arrays(cfg: dict[str, Any], split: str) -> tuple[np.ndarray, np.ndarr
 
 def vision_dataset(data_cfg: dict[str, Any], *, split: str, batch_size: int, seed: int,
                    shard_index: int = 0, shard_count: int = 1,
-                   num_epochs: int | None = None, drop_remainder: bool = True
-                   ) -> grain.IterDataset:
+                   num_epochs: int | None = None, drop_remainder: bool = True,
+                   rows: np.ndarray | None = None) -> grain.IterDataset:
     """Batches ``{'image': float32[B, H, W, C], 'label': int32[B]}`` of this process's rows.
 
     ``num_epochs=None``: infinite for 'train', one pass for 'val'. With ``drop_remainder``
     (default) the last partial batch of a finite pass is dropped, so every batch has
-    ``batch_size`` rows; pass False to evaluate on every example.
+    ``batch_size`` rows; pass False to evaluate on every example. ``rows``: only these rows of
+    every batch (see ``optaxlab.data.lm``).
     """
     from optaxlab.data import resolve_data_cfg  # late: the package imports this module
 
@@ -134,4 +183,5 @@ def vision_dataset(data_cfg: dict[str, Any], *, split: str, batch_size: int, see
                            shard_index=shard_index, shard_count=shard_count,
                            num_epochs=num_epochs, what="images",
                            drop_remainder=drop_remainder)
-    return lm.to_iter(ds.map(ArrayGather(images, labels)), cfg["num_threads"], cfg["prefetch"])
+    return lm.to_iter(ds.map(ArrayGather(images, labels, rows)), cfg["num_threads"],
+                      cfg["prefetch"])

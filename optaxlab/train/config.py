@@ -1,24 +1,33 @@
 """The trainer's config schema and its validation (done before anything touches the workdir).
 
 A training config is an `ml_collections.ConfigDict` built from `default_config()` by a
-`configs/*.py` file, which fills in `model`, `data` and the optimizer. `validate` checks every field
-and raises a one-line `ValueError` that names the bad field and says what is valid.
+`configs/*.py` file, which fills in `model`, `data` and the optimizer. Every block is locked
+(ml_collections' own key locking: a misspelt field fails where it is set, on the command line
+or in Python) except `optimizer`, whose keys depend on the optimizer. `validate` checks the
+values and raises a one-line `ConfigError` that names the bad field and says what is valid; the
+optimizer's name, hparams and learning rate are checked by the optimizer registry itself
+(`optaxlab.optimizers.create`), which is the only place that knows them.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import typing
 from typing import Any, NamedTuple
 
 import ml_collections
 
-from optaxlab import monitor
+from optaxlab import monitor, optimizers
 from optaxlab.train import optim
+from optaxlab.train.errors import ConfigError
 
 AXES = ("data", "fsdp", "tensor")
 NAN_POLICIES = ("halt", "skip")
 LM_MODELS = ("transformer",)
 VISION_MODELS = ("cnn", "mlp")
+
+log = logging.getLogger("optaxlab.train")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -31,16 +40,14 @@ def default_config() -> ml_collections.ConfigDict:
         (0: never); eval_batches: validation batches per evaluation (0: the whole split).
       checkpoint_every: save every N steps (and at the end); keep_checkpoints: how many to keep;
         async_checkpointing: save in the background.
-      nan_policy: 'halt' (raise, naming the step and parameter) or 'skip' (drop the update).
-      grad_clip: global-norm clip of the raw gradient before the optimizer (0: off).
+      nan_policy: 'halt' (stop with exit code 3, naming the step and parameter) or 'skip' (drop
+        the update and count it).
       mesh: device mesh shape over ('data', 'fsdp', 'tensor'); -1 means all remaining devices.
       optimizer: name and learning_rate, the schedule (warmup_fraction of the steps linear
         warmup, then cosine to lr_floor * learning_rate; schedule='constant' keeps the peak after
-        warmup), and any hparam of the registry entry.
+        warmup), and any hparam of the registry entry (gradient clipping: `max_norm`).
       monitor: optaxlab.monitor.default_config(); model, data: see optaxlab.models / data.
       progress_bar: show a tqdm bar on process 0.
-      debug.nonfinite_at_step / debug.nonfinite_param: test hook; poisons the gradient of the
-        parameters whose name contains nonfinite_param ('' = all) with NaN at that step (0: off).
     """
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -54,16 +61,14 @@ def default_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.async_checkpointing = True
     c.nan_policy = "halt"
-    c.grad_clip = 0.0
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    c.optimizer = ml_collections.ConfigDict(
-        dict(name="adam", learning_rate=1e-3, schedule="cosine", warmup_fraction=0.1, lr_floor=0.1)
-    )
+    c.optimizer = optimizer_config("adam", 1e-3)
     c.monitor = monitor.default_config()
     c.model = ml_collections.ConfigDict()
     c.data = ml_collections.ConfigDict()
     c.progress_bar = True
-    c.debug = ml_collections.ConfigDict(dict(nonfinite_at_step=0, nonfinite_param=""))
+    c.lock()
+    c.optimizer.unlock()  # its keys are the chosen optimizer's hparams
     return c
 
 
@@ -76,15 +81,7 @@ class Plan(NamedTuple):
 
 
 def _fail(field: str, msg: str):
-    raise ValueError(f"config.{field}: {msg}")
-
-
-def _check_keys(block, reference, prefix: str):
-    where = f"config.{prefix[:-1]}" if prefix else "config"
-    for key in block.keys():
-        if key not in reference:
-            _fail(f"{prefix}{key}", f"unknown field; valid fields of {where}: "
-                  f"{', '.join(sorted(reference))}")
+    raise ConfigError(f"config.{field}: {msg}")
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
@@ -109,13 +106,32 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
     return tuple(sizes)
 
 
+def check_optimizer(opt_cfg) -> dict[str, Any]:
+    """The registry hparams of `opt_cfg`, after the registry accepted them with the peak
+    learning rate; its ValueError becomes a ConfigError under config.optimizer."""
+    name = opt_cfg.get("name")
+    hparams = optim.optimizer_hparams(opt_cfg)
+    try:
+        optimizers.create(name, opt_cfg.get("learning_rate"), **hparams)
+    except ValueError as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+        if name not in optimizers.names():
+            raise ConfigError(f"config.optimizer.name: {msg}") from None
+        # "b2=1.5: must be in [0, 1)" -> "config.optimizer.b2=1.5: ..."; others after a colon.
+        head = msg.split("=", 1)[0]
+        sep = "." if "=" in msg and head.isidentifier() else ": "
+        raise ConfigError(f"config.optimizer{sep}{msg}") from None
+    except TypeError as e:  # a value the factory cannot take at all
+        raise ConfigError(f"config.optimizer: {str(e).splitlines()[0]}") from None
+    return hparams
+
+
 def validate(config, *, num_devices: int) -> Plan:
-    """Check every field of a training config; raise a one-line ValueError on the first bad one."""
-    ref = default_config()
-    _check_keys(config, ref, "")
-    _check_keys(config.mesh, ref.mesh, "mesh.")
-    _check_keys(config.debug, ref.debug, "debug.")
-    _check_keys(config.monitor, monitor.default_config(), "monitor.")
+    """Check every field of a training config; raise a one-line ConfigError on the first bad one.
+
+    Unknown fields cannot get here: the config's blocks are locked (ml_collections), except
+    `optimizer`, whose keys the registry checks.
+    """
     for field in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
         if not isinstance(config[field], int) or config[field] < 1:
             _fail(field, f"{config[field]!r} must be a positive int")
@@ -124,13 +140,10 @@ def validate(config, *, num_devices: int) -> Plan:
             _fail(field, f"{config[field]!r} must be a non-negative int")
     if config.nan_policy not in NAN_POLICIES:
         _fail("nan_policy", f"{config.nan_policy!r}; valid: {', '.join(NAN_POLICIES)}")
-    if not config.grad_clip or config.grad_clip < 0:
-        if config.grad_clip not in (0, 0.0, None):
-            _fail("grad_clip", f"{config.grad_clip!r} must be >= 0 (0 turns clipping off)")
     try:
         monitor.settings(config.monitor)
     except ValueError as e:
-        raise ValueError(f"config.{e}") from e
+        raise ConfigError(f"config.{e}") from None
 
     model_name = config.model.get("name")
     if model_name in LM_MODELS:
@@ -154,41 +167,43 @@ def validate(config, *, num_devices: int) -> Plan:
     if config.batch_size % (data * fsdp):
         _fail("batch_size", f"{config.batch_size} is not divisible by the batch shards "
               f"data*fsdp = {data}*{fsdp} = {data * fsdp}")
-    if config.debug.nonfinite_at_step < 0:
-        _fail("debug.nonfinite_at_step", "must be >= 0 (0: off)")
 
-    hparams = optim.optimizer_hparams(config.optimizer)
-    optim.check_schedule(config.optimizer)
+    hparams = check_optimizer(config.optimizer)
+    try:
+        optim.check_schedule(config.optimizer)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return Plan(mesh_shape=shape, task=task, optimizer_hparams=hparams)
 
 
-# Hparams whose registry default is None, with the type a config field needs to be overridable.
-_NONE_TYPES = {"max_norm": float, "mu_dtype": str}
 # Registry hparams a config cannot express (callables); left at their defaults.
 _NOT_IN_CONFIG = ("mask",)
 
 
+def _field_type(name: str, key: str) -> type:
+    """The type a None-default hparam's config field takes, from the registry's signature
+    (`float | None` -> float); str when the signature does not say."""
+    hint = typing.get_type_hints(optimizers.get(name)).get(key)
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if hint else []
+    return args[0] if len(args) == 1 and args[0] in (int, float, str, bool) else str
+
+
 def optimizer_config(name: str, learning_rate: float, **overrides) -> ml_collections.ConfigDict:
     """A `config.optimizer` block: name, learning_rate, the schedule fields and every hparam of
-    the registry entry (its defaults, updated with `overrides`)."""
-    from optaxlab import optimizers
-
+    the registry entry (its defaults, updated with `overrides`; the registry checks them when
+    the config is validated)."""
     if name not in optimizers.names():
-        raise ValueError(f"config.optimizer.name: {name!r} is not a registered optimizer; valid: "
-                         f"{', '.join(optimizers.names())}")
+        raise ConfigError(f"config.optimizer.name: {name!r} is not a registered optimizer; "
+                          f"valid: {', '.join(optimizers.names())}")
     block: dict[str, Any] = dict(name=name, learning_rate=learning_rate, schedule="cosine",
                                  warmup_fraction=0.1, lr_floor=0.1)
     for key, value in optimizers.hparams(name).items():
         if key in _NOT_IN_CONFIG:
             continue
         if value is None:
-            value = ml_collections.FieldReference(None, field_type=_NONE_TYPES.get(key, str))
+            value = ml_collections.FieldReference(None, field_type=_field_type(name, key))
         block[key] = value
-    for key, value in overrides.items():
-        if key not in block:
-            raise ValueError(f"config.optimizer.{key}: optimizer {name!r} has no hparam "
-                             f"{key!r}; valid: {', '.join(sorted(block))}")
-        block[key] = value
+    block.update(overrides)
     return ml_collections.ConfigDict(block)
 
 
@@ -198,20 +213,16 @@ def switch_optimizer(opt_cfg, name: str, explicit: dict[str, Any] | None = None
 
     The new block has the registry defaults of `name`, the schedule fields of `opt_cfg`, the
     hparams `opt_cfg` had set away from its own optimizer's defaults when `name` has them too
-    (e.g. weight_decay=0.1), and finally `explicit` (hparams given on the command line, which
-    must be valid for `name`).
+    (e.g. weight_decay=0.1), and finally `explicit` (fields given on the command line; the
+    registry rejects those `name` does not have when the config is validated).
     """
-    from optaxlab import optimizers
-
     old_name = opt_cfg.get("name")
     old_defaults = optimizers.hparams(old_name) if old_name in optimizers.names() else {}
     schedule = {k: opt_cfg[k] for k in optim.RESERVED if k in opt_cfg and k != "name"}
     new = optimizer_config(name, schedule.pop("learning_rate"), **schedule)
     carried, dropped = [], []
     for key, value in opt_cfg.items():
-        if key in optim.RESERVED:
-            continue
-        if key in old_defaults and value == old_defaults[key]:
+        if key in optim.RESERVED or (key in old_defaults and value == old_defaults[key]):
             continue
         if key in new:
             new[key] = value
@@ -219,46 +230,55 @@ def switch_optimizer(opt_cfg, name: str, explicit: dict[str, Any] | None = None
         else:
             dropped.append(f"{key}={value!r}")
     for key, value in (explicit or {}).items():
-        if key in optim.RESERVED:
-            new[key] = value
-        elif key not in new:
-            raise ValueError(f"config.optimizer.{key}: optimizer {name!r} has no hparam "
-                             f"{key!r}; valid: {', '.join(sorted(new))}")
-        else:
-            new[key] = value
-    import logging
-
+        new[key] = value
     if carried or dropped:
-        logging.getLogger("optaxlab.train").info(
-            "optimizer %s -> %s: kept %s; not applicable: %s", old_name, name,
-            ", ".join(carried) or "-", ", ".join(dropped) or "-")
+        log.info("optimizer %s -> %s: kept %s; not applicable: %s", old_name, name,
+                 ", ".join(carried) or "-", ", ".join(dropped) or "-")
     return new
 
 
 def data_config(name: str, **overrides) -> ml_collections.ConfigDict:
-    """A `config.data` block with every optaxlab.data key (None = the package default)."""
+    """A locked `config.data` block with every optaxlab.data key (None = the package default)."""
     from optaxlab import data
 
     block: dict[str, Any] = {}
     for key, value in {**data.DEFAULTS, "name": name, **overrides}.items():
         if key not in data.DEFAULTS:
-            raise ValueError(f"config.data.{key}: unknown field; valid: "
-                             f"{', '.join(sorted(data.DEFAULTS))}")
+            raise ConfigError(f"config.data.{key}: unknown field; valid: "
+                              f"{', '.join(sorted(data.DEFAULTS))}")
         block[key] = (ml_collections.FieldReference(None, field_type=str) if value is None
                       else value)
-    return ml_collections.ConfigDict(block)
+    out = ml_collections.ConfigDict(block)
+    out.lock()
+    return out
 
 
 def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
-    """A `config.model` block with every key of optaxlab.models' `name` (defaults + overrides)."""
+    """A locked `config.model` block with every key of optaxlab.models' `name`."""
     from optaxlab import models
 
     if name not in models.DEFAULTS:
-        raise ValueError(f"config.model.name: {name!r}; valid: {', '.join(models.DEFAULTS)}")
+        raise ConfigError(f"config.model.name: {name!r}; valid: {', '.join(models.DEFAULTS)}")
     block = {"name": name, **models.DEFAULTS[name]}
     for key, value in overrides.items():
         if key not in block:
-            raise ValueError(f"config.model.{key}: unknown field for {name!r}; valid: "
-                             f"{', '.join(sorted(block))}")
+            raise ConfigError(f"config.model.{key}: unknown field for {name!r}; valid: "
+                              f"{', '.join(sorted(block))}")
         block[key] = value
-    return ml_collections.ConfigDict(block)
+    out = ml_collections.ConfigDict(block)
+    out.lock()
+    return out
+
+
+def unknown_field_message(config, path: str) -> str:
+    """'config.<path>: unknown field; valid fields of config.<parent>: ...' for a key that a
+    locked block refused (used by the CLI, whose parser reports only the last key)."""
+    *parents, leaf = path.split(".")
+    node = config
+    for p in parents:
+        if not hasattr(node, "keys") or p not in node:
+            break
+        node = node[p]
+    where = ".".join(["config", *parents])
+    valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "-"
+    return f"config.{path}: unknown field; valid fields of {where}: {valid}"

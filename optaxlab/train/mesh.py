@@ -1,9 +1,10 @@
 """Device mesh ('data', 'fsdp', 'tensor'), shardings from partition specs, batches, multi-host.
 
 Parameters carry `PartitionSpec`s over 'fsdp' / 'tensor' (from the models' `nnx.with_partitioning`
-annotations); the batch is split over ('data', 'fsdp'); every process reads the same global batch
-and transfers only its own devices' rows. One code path for 1 CPU, 8 simulated
-devices, a GPU, or a multi-host pod (`initialize_distributed` first).
+annotations); the batch is split over ('data', 'fsdp'); each process reads only the rows of the
+global batch that its own devices hold (`process_rows`) and `global_batch` assembles the global
+array from them. One code path for 1 CPU, 8 simulated devices, a GPU, or a multi-host pod
+(`initialize_distributed` first).
 """
 
 from __future__ import annotations
@@ -68,28 +69,19 @@ def fit_spec(spec: PartitionSpec | None, shape: Sequence[int], mesh: Mesh) -> Pa
     return PartitionSpec(*parts)
 
 
-def _key_str(key) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
+def name(path) -> str:
+    """The one spelling of a pytree leaf's name: "blocks/0/mlp/up/kernel"."""
+    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
-def path_tuple(path) -> tuple[str, ...]:
-    """A pytree key path as a tuple of strings."""
-    return tuple(_key_str(k) for k in path)
-
-
-def shardings_like(tree, param_specs: dict[tuple[str, ...], tuple[PartitionSpec, tuple]],
-                   mesh: Mesh):
+def shardings_like(tree, param_specs: dict[str, tuple[PartitionSpec, tuple]], mesh: Mesh):
     """NamedShardings for `tree` (abstract arrays): a leaf whose key path ends with a parameter's
     path and has its shape gets that parameter's spec (optimizer moments follow their
     parameter); every other leaf is replicated."""
 
     def one(path, leaf):
-        p = path_tuple(path)
-        for i in range(len(p)):
-            hit = param_specs.get(p[i:])
+        for i in range(len(path)):
+            hit = param_specs.get(name(path[i:]))
             if hit is not None and tuple(hit[1]) == tuple(leaf.shape):
                 return NamedSharding(mesh, fit_spec(hit[0], leaf.shape, mesh))
         return NamedSharding(mesh, PartitionSpec())
@@ -106,17 +98,30 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """The global batch (every process holds all of it) as arrays sharded over the batch axes;
-    each process transfers only the rows of its own devices.
+def process_rows(mesh: Mesh, batch_size: int) -> np.ndarray:
+    """The rows (sorted global indices) of a global batch that this process's devices hold:
+    the only rows it needs to read (all of them on one process)."""
+    index_map = batch_sharding(mesh).addressable_devices_indices_map((batch_size,))
+    rows = set()
+    for index in index_map.values():
+        rows.update(range(*index[0].indices(batch_size)))
+    return np.array(sorted(rows), np.int64)
 
-    Reading the whole global batch on every process (cheap for token windows and small images)
-    makes a run's batches, and so its numbers, independent of the number of processes.
+
+def global_batch(batch: dict[str, np.ndarray], mesh: Mesh,
+                 batch_size: int | None = None) -> dict[str, jax.Array]:
+    """Arrays of the global batch, sharded over the batch axes, from this process's rows.
+
+    `batch` holds the rows `process_rows(mesh, batch_size)` in that order (or, with
+    `batch_size=None`, the whole global batch). Reading the same global order of examples on
+    every process keeps a run's batches, and so its numbers, independent of the number of
+    processes.
     """
     sharding = batch_sharding(mesh)
 
     def put(x):
         x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+        shape = x.shape if batch_size is None else (batch_size, *x.shape[1:])
+        return jax.make_array_from_process_local_data(sharding, x, shape)
 
     return {k: put(v) for k, v in batch.items()}

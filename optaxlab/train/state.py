@@ -44,23 +44,27 @@ def merge(graphdef, params, rest) -> nnx.Module:
 
 
 def param_specs(model_cfg) -> tuple[Any, dict]:
-    """(graphdef, {param path: (PartitionSpec, shape)}) of the model, computed abstractly."""
+    """(graphdef, {param name: (PartitionSpec, shape)}) of the model, computed abstractly."""
     abstract = nnx.eval_shape(lambda: _build(model_cfg, 0))
     graphdef, params, _ = nnx.split(abstract, nnx.Param, ...)
     specs = nnx.to_pure_dict(nnx.get_partition_spec(params))
     shapes = nnx.to_pure_dict(params)
-    flat_specs = {mesh_lib.path_tuple(p): s for p, s in
+    flat_specs = {mesh_lib.name(p): s for p, s in
                   jax.tree_util.tree_leaves_with_path(
                       specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))}
-    table = {mesh_lib.path_tuple(p): (flat_specs.get(mesh_lib.path_tuple(p)), leaf.shape)
+    table = {mesh_lib.name(p): (flat_specs.get(mesh_lib.name(p)), leaf.shape)
              for p, leaf in jax.tree_util.tree_leaves_with_path(shapes)}
     return graphdef, table
 
 
+def abstract_params(model_cfg):
+    """The model's parameters as a dict of ShapeDtypeStructs (nothing allocated)."""
+    return jax.eval_shape(lambda: split(_build(model_cfg, 0))[1])
+
+
 def param_names(params) -> list[str]:
-    """Dotted names of the parameter leaves, in `jax.tree.leaves` order."""
-    return [".".join(mesh_lib.path_tuple(p)) for p, _ in
-            jax.tree_util.tree_leaves_with_path(params)]
+    """Names ("blocks/0/mlp/up/kernel") of the parameter leaves, in `jax.tree.leaves` order."""
+    return [mesh_lib.name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
 
 
 def create(model_cfg, tx: optax.GradientTransformation, mesh: Mesh, seed: int):

@@ -1,9 +1,10 @@
 """The train step and the eval step: pure functions of pytrees, jitted with shardings.
 
-One train step: loss and gradient -> (debug poison) -> finiteness check per parameter ->
-optional global-norm clip of the raw gradient -> optimizer update -> (monitor) -> apply.
-A non-finite loss or gradient never reaches the state: params, rest and opt_state stay as they
-were and `skipped` counts it; the host decides (nan_policy) whether to halt or go on.
+One train step: loss and gradient -> optimizer update (the registry chain, which also does any
+gradient clipping: `optimizer.max_norm`) -> (monitor) -> apply -> finiteness check of the loss,
+the gradient, the new parameters and the new optimizer state. Anything non-finite never reaches
+the state: params, rest and opt_state stay as they were and `skipped` counts it; the host decides
+(nan_policy) whether to halt or go on. So a state that is saved is always finite.
 """
 
 from __future__ import annotations
@@ -39,20 +40,22 @@ def classification_loss(model, batch, train: bool):
 LOSSES = {"lm": lm_loss, "classification": classification_loss}
 
 
-def _poison(grads, step, config):
-    """Debug hook: NaN into the gradients whose name contains debug.nonfinite_param."""
-    at, which = config.debug.nonfinite_at_step, config.debug.nonfinite_param
-
-    def one(path, g):
-        name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-        return jnp.where(step == at, jnp.nan, g) if which in name else g
-
-    return jax.tree_util.tree_map_with_path(one, grads)
+def _all_finite(tree) -> jax.Array:
+    """True when every float leaf of `tree` is finite (one fused reduction per leaf)."""
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
 
 
 def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransformation,
-               loss_fn: Callable, config, measure: Callable | None = None):
-    """One optimizer step. Returns (new state, metrics, monitor stats or {})."""
+               loss_fn: Callable, measure: Callable | None = None):
+    """One optimizer step. Returns (new state, metrics, monitor stats or {}).
+
+    metrics['grad_finite'] / ['param_finite'] hold one flag per parameter leaf (in
+    `jax.tree.leaves(params)` order) for the gradient and the updated parameter, and
+    ['state_finite'] one flag for the new optimizer state and model variables, so the host can
+    name what went wrong.
+    """
     step = state.step + 1
 
     def loss_of(params):
@@ -61,19 +64,17 @@ def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransfor
         return loss, (aux, split(model)[2])
 
     (loss, (aux, rest)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-    if config.debug.nonfinite_at_step:
-        grads = _poison(grads, step, config)
-    leaf_finite = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
-    finite = jnp.isfinite(loss) & jnp.all(leaf_finite)
     grad_norm = optax.global_norm(grads)
-    if config.grad_clip:
-        scale = jnp.where(grad_norm < config.grad_clip, 1.0, config.grad_clip / grad_norm)
-        grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     lr = optim.learning_rate(opt_state)
     stats = measure(grads, updates, state.params, opt_state, lr, step) if measure else {}
     params = optax.apply_updates(state.params, updates)
 
+    grad_finite = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+    param_finite = jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])
+    state_finite = _all_finite((opt_state, rest))
+    finite = (jnp.isfinite(loss) & jnp.all(grad_finite) & jnp.all(param_finite)
+              & state_finite)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = TrainState(
         step=step,
@@ -83,7 +84,8 @@ def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransfor
         skipped=state.skipped + (~finite).astype(jnp.int32),
     )
     metrics = {"loss": loss, "grad_norm": grad_norm, "update_norm": optax.global_norm(updates),
-               "lr": lr, "finite": finite, "leaf_finite": leaf_finite,
+               "lr": lr, "finite": finite, "grad_finite": grad_finite,
+               "param_finite": param_finite, "state_finite": state_finite,
                "skipped": new_state.skipped, **{k: aux[k] for k in ("accuracy",) if k in aux}}
     return new_state, metrics, stats
 
@@ -106,8 +108,7 @@ def compile_steps(*, graphdef, tx, task: str, config, state_shardings, batch_sha
     every = config.monitor.get("every", 0)
 
     def jit_train(m):
-        fn = functools.partial(train_step, graphdef=graphdef, tx=tx, loss_fn=loss_fn,
-                               config=config, measure=m)
+        fn = functools.partial(train_step, graphdef=graphdef, tx=tx, loss_fn=loss_fn, measure=m)
         return jax.jit(fn, in_shardings=(state_shardings, batch_sharding),
                        out_shardings=(state_shardings, replicated, replicated),
                        donate_argnums=(0,))

@@ -171,3 +171,43 @@ def test_window_gather_pickles_without_the_array(memmap_dir):
     assert len(pickle.dumps(gather)) < 1000
     np.testing.assert_array_equal(clone(np.array([2, 0]))["inputs"], first["inputs"])
     assert first["inputs"][0, 0] == 1000 + 2 * SEQ
+
+
+def test_token_ids_above_vocab_name_the_file_the_id_and_the_vocab(memmap_dir, monkeypatch):
+    kw = dict(split="train", seq_len=SEQ, batch_size=4, seed=0)
+    train_bin = memmap_dir / "train.bin"
+    # token values run 1000..1160 (see memmap_dir)
+    with pytest.raises(data.DataError) as info:
+        data.lm_dataset(_cfg(memmap_dir), **kw, vocab_size=1100)
+    assert str(info.value).startswith(
+        f"token id 1160 >= model.vocab_size=1100 in '{train_bin}' (largest id in the file)")
+    # files too large to scan up front are checked batch by batch
+    monkeypatch.setattr(lm, "SCAN_BYTES", 0)
+    it = iter(data.lm_dataset(_cfg(memmap_dir), **kw, vocab_size=1100))
+    with pytest.raises(data.DataError, match=rf">= model\.vocab_size=1100 in '{train_bin}' "
+                       r"\(in the windows starting at token \d+\)"):
+        for _ in range(5):
+            next(it)
+    assert len(_take(data.lm_dataset(_cfg(memmap_dir), **kw, vocab_size=1161), 5)) == 5
+
+
+def test_odd_sized_token_file_names_the_file_and_the_dtype(memmap_dir):
+    (memmap_dir / "val.bin").write_bytes(b"\x00" * 7)
+    with pytest.raises(data.DataError) as info:
+        data.lm_dataset(_cfg(memmap_dir), split="val", seq_len=SEQ, batch_size=1, seed=0)
+    assert str(info.value).startswith(
+        f"token file '{memmap_dir / 'val.bin'}' has 7 bytes, not a multiple of 2 (uint16): is "
+        "data.dtype right?")
+
+
+def test_rows_read_only_those_rows_of_every_batch(memmap_dir):
+    """Each process of a multi-host run reads only its rows of the global batch."""
+    kw = dict(split="train", seq_len=SEQ, batch_size=6, seed=3)
+    full = _take(data.lm_dataset(_cfg(memmap_dir), **kw), 7)
+    for rows in ([0, 1, 2], [3, 4, 5], [1, 4]):
+        part = _take(data.lm_dataset(_cfg(memmap_dir), **kw, rows=np.array(rows)), 7)
+        for a, b in zip(full, part, strict=True):
+            np.testing.assert_array_equal(a["inputs"][rows], b["inputs"])
+            np.testing.assert_array_equal(a["targets"][rows], b["targets"])
+    with pytest.raises(ValueError, match=r"rows=.* must be indices in \[0, batch_size=6\)"):
+        data.lm_dataset(_cfg(memmap_dir), **kw, rows=np.array([6]))

@@ -117,3 +117,49 @@ def test_vision_errors():
         data.vision_dataset({"name": "digits"}, split="test", batch_size=4, seed=0)
     with pytest.raises(ValueError, match="fewer than batch_size=4000"):
         data.vision_dataset({"name": "digits"}, split="train", batch_size=4000, seed=0)
+
+
+class _Payload:
+    """What a crafted pickle would run on load: create a file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_crafted_cifar_pickle_is_rejected_and_its_payload_never_runs(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_fake_cifar(folder)
+    marker = tmp_path / "payload_ran"
+    with open(folder / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": _Payload(marker), b"labels": [1]}, f)
+    assert pickle.loads(pickle.dumps(_Payload(tmp_path / "proof"))) is not None  # it would run
+    assert (tmp_path / "proof").exists()
+    vision.load_cifar10.cache_clear()
+    with pytest.raises(data.DataError) as info:
+        vision.load_cifar10(str(tmp_path))
+    assert str(info.value) == (
+        f"CIFAR-10 file '{folder / 'data_batch_1'}' is not a plain CIFAR-10 batch and was not "
+        "loaded: it refers to io.open, which a CIFAR-10 batch never does")
+    assert not marker.exists()
+
+
+def test_cifar_pickle_of_the_wrong_shape_is_bad_data(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_fake_cifar(folder)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 10), np.uint8), b"labels": [1, 2]}, f, protocol=2)
+    vision.load_cifar10.cache_clear()
+    with pytest.raises(data.DataError, match=r"test_batch': 'data' must be a uint8 array"):
+        vision.load_cifar10(str(tmp_path))
+
+
+def test_vision_rows_read_only_those_rows():
+    kw = dict(split="train", batch_size=8, seed=1)
+    full = _take(data.vision_dataset({"name": "digits"}, **kw), 3)
+    part = _take(data.vision_dataset({"name": "digits"}, **kw, rows=np.array([4, 5, 6, 7])), 3)
+    for a, b in zip(full, part, strict=True):
+        np.testing.assert_array_equal(a["image"][4:], b["image"])
+        np.testing.assert_array_equal(a["label"][4:], b["label"])

@@ -1,13 +1,16 @@
-"""Config validation: every bad field gives a one-line ValueError saying what is valid, before
-the workdir is touched; every shipped config validates; switching optimizers."""
+"""Config validation: every bad field gives a one-line error saying what is valid, before the
+workdir is touched; unknown fields are refused by ml_collections' key locking; the optimizer
+registry is the one judge of optimizer names, hparams and values; shipped configs validate."""
 
 import importlib.util
 from pathlib import Path
 
+import ml_collections
 import pytest
 
+from optaxlab import optimizers
+from optaxlab.train import ConfigError, train
 from optaxlab.train import config as config_lib
-from optaxlab.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if not p.stem.startswith("_"))
@@ -24,16 +27,30 @@ def load_config(name):
 def test_shipped_configs_validate(name):
     c = load_config(name)
     for field in ("steps", "seed", "checkpoint_every", "batch_size", "eval_every", "log_every",
-                  "nan_policy", "keep_checkpoints", "grad_clip", "mesh", "monitor", "model",
-                  "data"):
+                  "nan_policy", "keep_checkpoints", "mesh", "monitor", "model", "data"):
         assert field in c
+    assert "grad_clip" not in c and "debug" not in c  # one clip (the chain's), no test hooks
     assert {"name", "learning_rate", "warmup_fraction", "lr_floor"} <= set(c.optimizer)
     plan = config_lib.validate(c, num_devices=8)
     assert plan.task == ("lm" if name.startswith("lm_") else "classification")
     assert plan.optimizer_hparams["weight_decay"] == c.optimizer.weight_decay
-    if name.startswith("lm_"):
-        assert c.grad_clip > 0  # on for LM configs, as in the papers
+    # LM configs clip the gradient's global norm at 1 (as in the papers), in the chain
+    assert c.optimizer.max_norm == (1.0 if name.startswith("lm_") else None)
     assert c.optimizer.warmup_fraction in (0.0, 0.1)
+    assert c.is_locked and c.model.is_locked and c.data.is_locked and c.mesh.is_locked
+    assert not c.optimizer.is_locked  # its keys are the optimizer's
+
+
+def test_unknown_fields_are_refused_where_they_are_set():
+    c = load_config("lm_tiny")
+    for block, key in ((c, "grad_clip"), (c.mesh, "pipeline"), (c.model, "d_modle"),
+                       (c.data, "pathh"), (c.monitor, "evry")):
+        with pytest.raises(AttributeError, match=f'Key "{key}" does not exist'):
+            setattr(block, key, 1)
+    assert config_lib.unknown_field_message(c, "model.d_modle") == (
+        "config.model.d_modle: unknown field; valid fields of config.model: attention_impl, "
+        "compute_dtype, d_model, init_std, max_len, mlp_ratio, n_heads, n_layers, name, "
+        "rope_fraction, vocab_size")
 
 
 def edit(c, **fields):
@@ -42,24 +59,15 @@ def edit(c, **fields):
         *parents, leaf = key.split(".")
         for p in parents:
             node = node[p]
-        with node.unlocked() if hasattr(node, "unlocked") else _null():
+        with node.ignore_type():
             node[leaf] = value
     return c
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
 BAD = [
-    ({"foo": 1}, r"^config\.foo: unknown field; valid fields of config: .*batch_size"),
-    ({"mesh.pipeline": 2}, r"^config\.mesh\.pipeline: unknown field; valid .*data, fsdp, tensor"),
-    ({"optimizer.name": "adamz"}, r"^config\.optimizer\.name: 'adamz' .*valid: .*signum"),
-    ({"optimizer.b3": 0.9}, r"^config\.optimizer\.b3: optimizer 'adam' has no hparam .*b2"),
+    ({"optimizer.name": "adamz"}, r"^config\.optimizer\.name: .*'adamz'.*signum"),
+    ({"optimizer.b3": 0.9}, r"^config\.optimizer: .*'b3'.*'adam'.*b2"),
+    ({"optimizer.b2": 1.5}, r"^config\.optimizer\.b2=1\.5\b"),  # not under config.model
     ({"mesh.data": 3}, r"^config\.mesh: data=3 fsdp=1 tensor=1 needs 3 devices but 8 .*"),
     ({"mesh.data": 1, "mesh.tensor": 8},
      r"^config\.mesh\.tensor: 8 does not divide model\.n_heads=4; valid tensor sizes: 1, 2, 4"),
@@ -67,8 +75,8 @@ BAD = [
     ({"batch_size": 12}, r"^config\.batch_size: 12 is not divisible by the batch shards"),
     ({"nan_policy": "maybe"}, r"^config\.nan_policy: 'maybe'; valid: halt, skip"),
     ({"steps": 0}, r"^config\.steps: 0 must be a positive int"),
-    ({"optimizer.learning_rate": -1.0}, r"^config\.optimizer\.learning_rate: .*positive"),
     ({"optimizer.schedule": "linear"}, r"^config\.optimizer\.schedule: 'linear'; valid: cosine"),
+    ({"optimizer.warmup_fraction": 1.0}, r"^config\.optimizer\.warmup_fraction: 1\.0 must be"),
     ({"model.name": "rnn"}, r"^config\.model\.name: 'rnn'; valid: transformer, cnn, mlp"),
     ({"seq_len": 128}, r"^config\.seq_len: 128 exceeds model\.max_len=64"),
     ({"monitor.every": -1}, r"^config\.monitor\.every"),
@@ -78,42 +86,85 @@ BAD = [
 @pytest.mark.parametrize(("fields", "pattern"), BAD)
 def test_bad_config_one_line_error(fields, pattern):
     c = edit(load_config("lm_tiny"), **fields)
-    with pytest.raises(ValueError, match=pattern) as info:
+    with pytest.raises(ConfigError, match=pattern) as info:
         config_lib.validate(c, num_devices=8)
     assert "\n" not in str(info.value)
 
 
+def _rejected(**fields) -> str:
+    with pytest.raises(ConfigError) as info:
+        config_lib.validate(edit(load_config("lm_tiny"), **fields), num_devices=8)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def _registry_checks_values() -> bool:
+    try:
+        optimizers.create("adam", float("nan"))
+    except ValueError:
+        return True
+    return False
+
+
+# The next two need the registry's value checks (contract item 7, engineer R's branch): until
+# that is merged the registry accepts a NaN / None / negative learning rate and b1 = 1, and they
+# are expected to fail; once the registry checks values they are ordinary tests.
+needs_registry_checks = pytest.mark.xfail(
+    not _registry_checks_values(), strict=True,
+    reason="the optimizer registry does not check values yet (engineer R's branch)")
+
+
+@needs_registry_checks
+def test_bad_learning_rates_rejected_by_the_registry_at_config_time():
+    for lr, shown in ((float("nan"), "nan"), (None, "None"), (-1e-3, "-0.001"), ("0.1", "'0.1'")):
+        msg = _rejected(**{"optimizer.learning_rate": lr})
+        assert msg.startswith(f"config.optimizer.learning_rate={shown}: "), msg
+
+
+@needs_registry_checks
+def test_bad_decay_rates_and_eps_rejected_by_the_registry():
+    for fields, head in (({"optimizer.b1": 1.0}, "b1=1.0"), ({"optimizer.b2": -0.1}, "b2=-0.1"),
+                         ({"optimizer.eps": -1e-8}, "eps=-1e-08")):
+        msg = _rejected(**fields)
+        assert msg.startswith(f"config.optimizer.{head}: "), msg
+
+
 @pytest.mark.parametrize(("fields", "pattern"), [
     ({"mesh.data": 3}, r"needs 3 devices"),
-    ({"model.d_modle": 64}, r"^config\.model: unknown key.*d_model"),
+    ({"model.rope_fraction": -1.0}, r"^config\.model: "),
     ({"data.name": "imagenet"}, r"^config\.data: unknown data name 'imagenet'; valid"),
 ])
 def test_train_rejects_bad_config_before_touching_workdir(tmp_path, fields, pattern):
     workdir = tmp_path / "run"
-    with pytest.raises(ValueError, match=pattern):
+    with pytest.raises(ConfigError, match=pattern):
         train(edit(load_config("lm_tiny"), **fields), workdir)
     assert not workdir.exists()
 
 
-def test_switch_optimizer_keeps_customized_hparams_and_checks_explicit_ones():
-    c = load_config("lm_small")  # adamw, b2=0.95, weight_decay=0.1
+def test_switch_optimizer_keeps_customized_hparams():
+    c = load_config("lm_small")  # adamw, b2=0.95, weight_decay=0.1, max_norm=1.0
     new = config_lib.switch_optimizer(c.optimizer, "signum", {"beta": 0.8})
     assert new.name == "signum" and new.beta == 0.8
-    assert new.weight_decay == 0.1  # set away from adamw's default, and signum has it
+    assert new.weight_decay == 0.1 and new.max_norm == 1.0  # customized, and signum has them
     assert "b2" not in new  # adamw-only
     assert new.learning_rate == c.optimizer.learning_rate
     assert new.warmup_fraction == c.optimizer.warmup_fraction
-    with pytest.raises(ValueError, match=r"config\.optimizer\.b2: optimizer 'signum' has no "):
-        config_lib.switch_optimizer(c.optimizer, "signum", {"b2": 0.9})
-    with pytest.raises(ValueError, match=r"config\.optimizer\.name: 'sgdd' is not a registered"):
+    # a hparam the new optimizer lacks is the registry's to refuse, at validation
+    c.optimizer = config_lib.switch_optimizer(c.optimizer, "signum", {"b2": 0.9})
+    with pytest.raises(ConfigError, match=r"^config\.optimizer: .*'b2'.*'signum'"):
+        config_lib.validate(c, num_devices=8)
+    with pytest.raises(ConfigError, match=r"config\.optimizer\.name: 'sgdd' is not a registered"):
         config_lib.switch_optimizer(c.optimizer, "sgdd")
 
 
-def test_optimizer_config_has_every_registry_hparam():
-    from optaxlab import optimizers
-
+def test_optimizer_config_has_every_registry_hparam_with_a_settable_type():
     for name in optimizers.names():
         block = config_lib.optimizer_config(name, 1e-3)
         assert set(optimizers.hparams(name)) - {"mask"} <= set(block)
-        plan_hp = config_lib.optim.optimizer_hparams(block)
-        assert plan_hp.keys() == optimizers.hparams(name).keys()
+        assert config_lib.check_optimizer(block).keys() == \
+            optimizers.hparams(name).keys() - {"mask"}
+    block = config_lib.optimizer_config("adam", 1e-3)
+    block.max_norm = 1.0  # a None default typed from the registry's signature (float | None)
+    with pytest.raises(TypeError):
+        block.max_norm = "big"
+    assert isinstance(block, ml_collections.ConfigDict)

@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -80,7 +79,16 @@ def test_hparam_values_from_config_reach_the_optimizer():
     np.testing.assert_allclose(np.asarray(trace[0]), [0.5, -0.5])  # (1 - beta) * g
 
 
-def test_unknown_hparam_in_a_config_block():
-    cfg = ml_collections.ConfigDict(dict(name="adam", learning_rate=1e-3, momentum=0.9))
-    with pytest.raises(ValueError, match=r"config\.optimizer\.momentum: optimizer 'adam' has no"):
-        optim.optimizer_hparams(cfg)
+def test_wrap_adds_transforms_and_the_learning_rate_is_still_found():
+    from optaxlab.testing import nonfinite_at
+
+    cfg = block(name="sgd", learning_rate=0.5, warmup_fraction=0.0, schedule="constant")
+    tx = optim.make_optimizer(cfg, 4, wrap=lambda tx: optax.chain(tx, nonfinite_at(2, "w")))
+    params = {"w": jnp.zeros(2), "v": jnp.zeros(1)}
+    state = tx.init(params)
+    grads = {"w": jnp.ones(2), "v": jnp.ones(1)}
+    u1, state = tx.update(grads, state, params)
+    assert float(optim.learning_rate(state)) == 0.5
+    u2, state = tx.update(grads, state, params)
+    assert np.isfinite(np.asarray(u1["w"])).all() and np.isnan(np.asarray(u2["w"])).all()
+    np.testing.assert_allclose(np.asarray(u2["v"]), [-0.5])  # only leaves matching "w"
