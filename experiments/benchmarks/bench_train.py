@@ -52,10 +52,9 @@ def ours(config, tokens):
     mesh = mesh_lib.make_mesh((1, 1, 1), devices)
     tx = optim.make_optimizer(config.optimizer, config.steps)
     graphdef, init_fn, _, shardings = state_lib.create(config.model, tx, mesh, config.seed)
-    plain, _, _ = step_lib.compile_steps(
+    plain, _ = step_lib.compile_steps(
         graphdef=graphdef, tx=tx, task="lm", config=config, state_shardings=shardings,
-        batch_sharding=mesh_lib.batch_sharding(mesh), replicated=mesh_lib.replicated(mesh),
-        measure=None)
+        batch_sharding=mesh_lib.batch_sharding(mesh), replicated=mesh_lib.replicated(mesh))
     state = init_fn()
     params0 = jax.tree.map(np.asarray, jax.device_get(state.params))
     batch = mesh_lib.global_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, mesh)

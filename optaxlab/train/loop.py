@@ -54,17 +54,6 @@ def _datasets(config, task: str):
     return make(split="train"), (make(split="val") if config.eval_every else None)
 
 
-def _monitor_fns(mcfg):
-    every = mcfg.get("every", 0)
-    if not every:
-        return None, None
-    measure, write = getattr(monitor, "measure", None), getattr(monitor, "write", None)
-    if not (callable(measure) and callable(write)):
-        raise ValueError(f"config.monitor.every={every} but optaxlab.monitor.measure/write are "
-                         "not available; set --config.monitor.every=0")
-    return functools.partial(measure, config=mcfg), write
-
-
 def _save_config(config, workdir: Path, start: int) -> None:
     text = config.to_json_best_effort(indent=2, sort_keys=True)
     path = workdir / "config.json"
@@ -89,17 +78,15 @@ def train(config, workdir: str | Path, *, devices=None, stop_after: int | None =
     end = config.steps if stop_after is None else int(stop_after)
     if not 0 < end <= config.steps:
         raise ValueError(f"stop_after={stop_after} must be in [1, config.steps={config.steps}]")
-    mcfg = config.monitor
-    if "theory_b2" in mcfg and mcfg.theory_b2 is None:
-        mcfg.theory_b2 = optim.second_moment_decay(config.optimizer)
-    if "theory_b1" in mcfg and mcfg.theory_b1 is None:
-        mcfg.theory_b1 = optim.first_moment_decay(config.optimizer)
-    measure, monitor_write = _monitor_fns(mcfg)
-    every = mcfg.get("every", 0)
-    msettings = monitor.settings(mcfg) if every else None  # validated once, not every step
+    every = config.monitor.get("every", 0)
 
     mesh = mesh_lib.make_mesh(plan.mesh_shape, devices)
     tx = optim.make_optimizer(config.optimizer, config.steps)
+    if every:  # the monitor wraps the optimizer; every = 0: no monitor code at all
+        known = monitor.theory_settings(config.optimizer.name,
+                                        optim.optimizer_hparams(config.optimizer))
+        tx = monitor.watch(tx, config.monitor,
+                           **{k: v for k, v in known.items() if config.monitor.get(k) is None})
     try:
         graphdef, init_fn, abstract, shardings = state_lib.create(config.model, tx, mesh,
                                                                   config.seed)
@@ -109,10 +96,9 @@ def train(config, workdir: str | Path, *, devices=None, stop_after: int | None =
         train_ds, val_ds = _datasets(config, plan.task)
     except ValueError as e:
         raise ValueError(f"config.data: {e}") from e
-    plain_step, monitored_step, eval_step = step_lib.compile_steps(
+    train_step, eval_step = step_lib.compile_steps(
         graphdef=graphdef, tx=tx, task=plan.task, config=config, state_shardings=shardings,
-        batch_sharding=mesh_lib.batch_sharding(mesh), replicated=mesh_lib.replicated(mesh),
-        measure=measure)
+        batch_sharding=mesh_lib.batch_sharding(mesh), replicated=mesh_lib.replicated(mesh))
     names = state_lib.param_names(abstract.params)
 
     # The config is valid: from here on the workdir is touched.
@@ -191,8 +177,8 @@ def train(config, workdir: str | Path, *, devices=None, stop_after: int | None =
             clock.update(time=now, step=step)
             writer.scalars(step, train_metrics, "train")
             record = {"step": step, **train_metrics}
-            if stats and is_main:
-                record.update(monitor_write(writer.tb, step, stats, msettings) or {})
+            if stats is not None and is_main:
+                record.update(monitor.write(writer.tb, step, stats))
             bar.set_postfix(loss=f"{train_metrics['loss']:.4f}", refresh=False, **(
                 {f"{unit[:3]}/s": f"{train_metrics[f'{unit}_per_sec']:.0f}"}
                 if f"{unit}_per_sec" in train_metrics else {}))  # drawn at the next update
@@ -208,12 +194,11 @@ def train(config, workdir: str | Path, *, devices=None, stop_after: int | None =
         pending = None
         for step in range(start + 1, end + 1):
             batch = mesh_lib.global_batch(next(data_iter), mesh)
-            monitored = every > 0 and step % every == 0
-            state, m, stats = (monitored_step if monitored else plain_step)(state, batch)
+            state, m, stats = train_step(state, batch)
             bar.update(1)
             if pending is not None:
                 emit(handle(pending, force=False))
-            pending = (step, m, stats)
+            pending = (step, m, stats if every and step % every == 0 else None)
             do_eval = bool(config.eval_every) and (step % config.eval_every == 0 or step == end)
             do_save = step % config.checkpoint_every == 0 or step == end
             if do_eval or do_save:

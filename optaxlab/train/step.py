@@ -1,7 +1,8 @@
 """The train step and the eval step: pure functions of pytrees, jitted with shardings.
 
 One train step: loss and gradient -> (debug poison) -> finiteness check per parameter ->
-optional global-norm clip of the raw gradient -> optimizer update -> (monitor) -> apply.
+optional global-norm clip of the raw gradient -> optimizer update (monitored when the optimizer
+is wrapped in `optaxlab.monitor.watch`) -> apply.
 A non-finite loss or gradient never reaches the state: params, rest and opt_state stay as they
 were and `skipped` counts it; the host decides (nan_policy) whether to halt or go on.
 """
@@ -15,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optaxlab import monitor
 from optaxlab.train import optim
 from optaxlab.train.state import TrainState, merge, split
 
@@ -51,8 +53,8 @@ def _poison(grads, step, config):
 
 
 def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransformation,
-               loss_fn: Callable, config, measure: Callable | None = None):
-    """One optimizer step. Returns (new state, metrics, monitor stats or {})."""
+               loss_fn: Callable, config):
+    """One optimizer step. Returns (new state, metrics, the monitor's stats or None)."""
     step = state.step + 1
 
     def loss_of(params):
@@ -70,8 +72,8 @@ def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransfor
         scale = jnp.where(grad_norm < config.grad_clip, 1.0, config.grad_clip / grad_norm)
         grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    lr = optim.learning_rate(opt_state)
-    stats = measure(grads, updates, state.params, opt_state, lr, step) if measure else {}
+    lr = optim.learning_rate(monitor.inner_state(opt_state))
+    stats = monitor.latest(opt_state)  # this step's, also when it is not finite (None: no watch)
     params = optax.apply_updates(state.params, updates)
 
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
@@ -96,26 +98,17 @@ def eval_step(params, rest, batch, *, graphdef, loss_fn: Callable):
 
 
 def compile_steps(*, graphdef, tx, task: str, config, state_shardings, batch_sharding,
-                  replicated, measure: Callable | None):
-    """(plain train step or None, monitored train step or None, eval step), all jitted.
-
-    The monitored variant is built only when config.monitor.every > 0, the plain one unless
-    every == 1; with every == 0 the step contains no monitor code at all.
-    """
+                  replicated):
+    """(train step, eval step), both jitted. The train step computes the monitor's statistics
+    when `tx` is `optaxlab.monitor.watch`ed (on its `every`-th updates), else no monitor code."""
     loss_fn = LOSSES[task]
-    every = config.monitor.get("every", 0)
-
-    def jit_train(m):
-        fn = functools.partial(train_step, graphdef=graphdef, tx=tx, loss_fn=loss_fn,
-                               config=config, measure=m)
-        return jax.jit(fn, in_shardings=(state_shardings, batch_sharding),
-                       out_shardings=(state_shardings, replicated, replicated),
-                       donate_argnums=(0,))
-
-    plain = jit_train(None) if every != 1 else None
-    monitored = jit_train(measure) if every > 0 else None
+    train = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, loss_fn=loss_fn,
+                                      config=config),
+                    in_shardings=(state_shardings, batch_sharding),
+                    out_shardings=(state_shardings, replicated, replicated),
+                    donate_argnums=(0,))
     evaluate = jax.jit(functools.partial(eval_step, graphdef=graphdef, loss_fn=loss_fn),
                        in_shardings=(state_shardings.params, state_shardings.rest,
                                      batch_sharding),
                        out_shardings=replicated)
-    return plain, monitored, evaluate
+    return train, evaluate

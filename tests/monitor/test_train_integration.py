@@ -1,6 +1,7 @@
-"""The monitor through the trainer (optaxlab.train): a histogram per layer per step in
-TensorBoard and the theory overlay in metrics.jsonl with every = 1; with every = 0 nothing of the
-monitor is traced or called."""
+"""The monitor through the trainer (optaxlab.train, which wraps its optimizer in
+`monitor.watch`): a histogram per layer per step in TensorBoard and both theory distances in
+metrics.jsonl with every = 1; with every = 0 the optimizer is not wrapped and nothing of the
+monitor runs."""
 
 import importlib.util
 from pathlib import Path
@@ -40,9 +41,10 @@ def test_every_step_histograms_and_overlay_through_the_trainer(tmp_path):
     layers = sorted(k.split("/", 1)[1] for k in records[0] if k.startswith("update_var/"))
     assert "head/kernel" in layers and len(layers) >= 8
     for r in records:
-        # the trainer filled theory_b2 from adam's b2: overlay scalars for every layer
-        assert {f"theory_tv/{n}" for n in layers} <= set(r)
+        # the trainer passed adam's b1, b2: both distances for every layer
+        assert {f"{k}/{n}" for n in layers for k in ("theory_tv", "noise_tv")} <= set(r)
         assert r["theory/m_eff"] >= 1.0 - 1e-6
+        assert r["monitor/learning_rate"] == pytest.approx(r["lr"], rel=1e-6)
     assert records[0]["theory/m_eff"] == pytest.approx(1.0, abs=1e-5)
     acc = ea.EventAccumulator(
         str(tmp_path / "tensorboard"), size_guidance={ea.HISTOGRAMS: 0, ea.IMAGES: 0}
@@ -58,7 +60,7 @@ def test_every_zero_runs_no_monitor_code(tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the monitor ran with monitor.every = 0")
 
-    monkeypatch.setattr(monitor, "measure", forbidden)
+    monkeypatch.setattr(monitor, "watch", forbidden)
     monkeypatch.setattr(monitor, "write", forbidden)
     result = train(_tiny_lm(steps=2, every=0), tmp_path, devices=jax.devices()[:1])
     assert [r["step"] for r in result.records] == [1, 2]
