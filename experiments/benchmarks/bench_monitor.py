@@ -5,10 +5,10 @@ host's cost of writing one step.
                                                    [--skip-synthetic] [--skip-host]
 
 Part 1 (the real train step, `optaxlab.train.step`): for lm_tiny and lm_small, variants of the
-same jitted step in one process -- off (the optimizer not wrapped: every = 0), predicate
-(`monitor.watch(..., every=10**9)`: the statistics never run, every step pays the `lax.cond` on
-the update count, which is what the steps between monitored ones pay), scalars (watched, every
-step, histograms = False) and full (watched, every step, histograms of Delta and of the gradient
+same jitted step in one process, built as the trainer builds it -- off (no `watch`: every = 0),
+predicate (`monitor.watch(..., every=10**9)`: the statistics never run, every step pays the
+`lax.cond` on the step count, which is what the steps between monitored ones pay), scalars
+(every step, histograms = False) and full (every step, histograms of Delta and of the gradient
 for every layer) -- timed in interleaved rounds (the variant order rotates every round). Two
 times per variant, medians over rounds:
   device  K steps dispatched back to back, then one block: the compiled step alone;
@@ -81,14 +81,16 @@ def _variants(config, names=VARIANTS):
     out = {}
     for name in names:
         tx = optim.make_optimizer(config.optimizer, config.steps)
-        if name != "off":  # as optaxlab.train.loop wraps it
+        watch = None
+        if name != "off":  # as optaxlab.train.loop does
             every = 10**9 if name == "predicate" else 1
-            tx = monitor.watch(tx, config.monitor, every=every, histograms=name != "scalars",
-                               image_steps=(), **theory)
+            watch = monitor.watch(tx, config.monitor, every=every,
+                                  histograms=name != "scalars", image_steps=(), **theory)
         graphdef, init_fn, _, shardings = state_lib.create(config.model, tx, mesh, config.seed)
         train, _ = step_lib.compile_steps(
             graphdef=graphdef, tx=tx, task=plan.task, config=config, state_shardings=shardings,
-            batch_sharding=mesh_lib.batch_sharding(mesh), replicated=mesh_lib.replicated(mesh))
+            batch_sharding=mesh_lib.batch_sharding(mesh), replicated=mesh_lib.replicated(mesh),
+            watch=watch)
         out[name] = (train, init_fn)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, config.model.vocab_size, (config.batch_size, config.seq_len + 1),

@@ -9,6 +9,9 @@ next to the theory.
   `every`-th update it bins the normalized update Delta = (theta_t - theta_{t-1}) / lr_t and the
   gradient of every layer and sums their moments, inside the update (`optaxlab.monitor.stats`).
 - `latest(opt_state)`: the `Stats` of the last monitored update, found anywhere in a state.
+- `attach(watched, inner_state, params, count)`: a `WatchState` for one update around a state
+  of the watched transformation (the trainer checkpoints that state only, so monitor settings
+  may change on resume); `vmap_axes(state)`: vmap axes that keep `every` a scalar branch.
 - `write(tb_writer, step, stats)`: host side; TensorBoard histograms, scalars (`summarize`:
   variances, spread, SNR, shape diagnostics, the distances to the closed-form law f_{m_eff(t)}
   and to the pure-noise reference of `optaxlab.monitor.noise`) and "histogram vs theory" images;
@@ -24,7 +27,7 @@ from optaxlab.monitor.events import EventWriter
 from optaxlab.monitor.noise import noise_reference
 from optaxlab.monitor.overlay import references, summarize, theory_at, tv_distance
 from optaxlab.monitor.stats import LAYER_FIELDS, find_hyperparams, find_moments, layer_groups
-from optaxlab.monitor.watch import Stats, WatchState, inner_state, latest, vmap_axes, watch
+from optaxlab.monitor.watch import Stats, WatchState, attach, latest, vmap_axes, watch
 from optaxlab.monitor.writer import IMAGE_TAG, write
 
 __all__ = [
@@ -34,10 +37,10 @@ __all__ = [
     "Settings",
     "Stats",
     "WatchState",
+    "attach",
     "default_config",
     "find_hyperparams",
     "find_moments",
-    "inner_state",
     "latest",
     "layer_groups",
     "noise_reference",

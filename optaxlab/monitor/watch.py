@@ -275,10 +275,19 @@ def latest(opt_state) -> Stats | None:
     return stats
 
 
-def inner_state(opt_state):
-    """The watched transformation's state: `opt_state.inner` for a `WatchState`, else
-    `opt_state` itself (e.g. to read an `inject_hyperparams` learning rate)."""
-    return opt_state.inner if isinstance(opt_state, WatchState) else opt_state
+def attach(watched: optax.GradientTransformation, inner, params, count) -> WatchState:
+    """A `WatchState` of `watched` (a `watch(tx, ...)`) around a state of `tx`, as after `count`
+    updates, with no statistics yet.
+
+    For trainers that keep (and checkpoint) `tx`'s state only and attach the monitor for one
+    update: `updates, w = watched.update(g, attach(watched, s, params, step), params)`, then
+    keep `w.inner` and read `latest(w)`. Checkpoints then do not depend on the monitor's
+    settings (its every, bins, layers), and `every` counts `count` (e.g. the trainer's step).
+    Traceable (the template comes from `jax.eval_shape` of `watched.init`).
+    """
+    shapes = jax.eval_shape(watched.init, params)
+    stats = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes.stats)
+    return WatchState(count=jnp.asarray(count, jnp.int32), inner=inner, stats=stats)
 
 
 def vmap_axes(opt_state, axis: int = 0):

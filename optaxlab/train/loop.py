@@ -82,11 +82,12 @@ def train(config, workdir: str | Path, *, devices=None, stop_after: int | None =
 
     mesh = mesh_lib.make_mesh(plan.mesh_shape, devices)
     tx = optim.make_optimizer(config.optimizer, config.steps)
-    if every:  # the monitor wraps the optimizer; every = 0: no monitor code at all
+    watch = None  # the monitor wraps the optimizer in the step; every = 0: no monitor code
+    if every:
         known = monitor.theory_settings(config.optimizer.name,
                                         optim.optimizer_hparams(config.optimizer))
-        tx = monitor.watch(tx, config.monitor,
-                           **{k: v for k, v in known.items() if config.monitor.get(k) is None})
+        watch = monitor.watch(tx, config.monitor,
+                              **{k: v for k, v in known.items() if config.monitor.get(k) is None})
     try:
         graphdef, init_fn, abstract, shardings = state_lib.create(config.model, tx, mesh,
                                                                   config.seed)
@@ -98,7 +99,8 @@ def train(config, workdir: str | Path, *, devices=None, stop_after: int | None =
         raise ValueError(f"config.data: {e}") from e
     train_step, eval_step = step_lib.compile_steps(
         graphdef=graphdef, tx=tx, task=plan.task, config=config, state_shardings=shardings,
-        batch_sharding=mesh_lib.batch_sharding(mesh), replicated=mesh_lib.replicated(mesh))
+        batch_sharding=mesh_lib.batch_sharding(mesh), replicated=mesh_lib.replicated(mesh),
+        watch=watch)
     names = state_lib.param_names(abstract.params)
 
     # The config is valid: from here on the workdir is touched.

@@ -1,8 +1,8 @@
 """The train step and the eval step: pure functions of pytrees, jitted with shardings.
 
 One train step: loss and gradient -> (debug poison) -> finiteness check per parameter ->
-optional global-norm clip of the raw gradient -> optimizer update (monitored when the optimizer
-is wrapped in `optaxlab.monitor.watch`) -> apply.
+optional global-norm clip of the raw gradient -> optimizer update (through
+`optaxlab.monitor.watch` when monitored) -> apply.
 A non-finite loss or gradient never reaches the state: params, rest and opt_state stay as they
 were and `skipped` counts it; the host decides (nan_policy) whether to halt or go on.
 """
@@ -53,7 +53,7 @@ def _poison(grads, step, config):
 
 
 def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransformation,
-               loss_fn: Callable, config):
+               loss_fn: Callable, config, watch: optax.GradientTransformation | None = None):
     """One optimizer step. Returns (new state, metrics, the monitor's stats or None)."""
     step = state.step + 1
 
@@ -71,9 +71,14 @@ def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransfor
     if config.grad_clip:
         scale = jnp.where(grad_norm < config.grad_clip, 1.0, config.grad_clip / grad_norm)
         grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    lr = optim.learning_rate(monitor.inner_state(opt_state))
-    stats = monitor.latest(opt_state)  # this step's, also when it is not finite (None: no watch)
+    if watch is None:
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        stats = None
+    else:  # monitor.watch(tx): its state lives for this step (checkpoints hold tx's state only)
+        watched = monitor.attach(watch, state.opt_state, state.params, state.step)
+        updates, watched = watch.update(grads, watched, state.params)
+        opt_state, stats = watched.inner, monitor.latest(watched)  # (also a non-finite step's)
+    lr = optim.learning_rate(opt_state)
     params = optax.apply_updates(state.params, updates)
 
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
@@ -98,12 +103,13 @@ def eval_step(params, rest, batch, *, graphdef, loss_fn: Callable):
 
 
 def compile_steps(*, graphdef, tx, task: str, config, state_shardings, batch_sharding,
-                  replicated):
-    """(train step, eval step), both jitted. The train step computes the monitor's statistics
-    when `tx` is `optaxlab.monitor.watch`ed (on its `every`-th updates), else no monitor code."""
+                  replicated, watch: optax.GradientTransformation | None = None):
+    """(train step, eval step), both jitted. With `watch` (`optaxlab.monitor.watch(tx)`) the
+    train step returns the monitor's statistics (computed on its `every`-th steps); without,
+    it contains no monitor code."""
     loss_fn = LOSSES[task]
     train = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, loss_fn=loss_fn,
-                                      config=config),
+                                      config=config, watch=watch),
                     in_shardings=(state_shardings, batch_sharding),
                     out_shardings=(state_shardings, replicated, replicated),
                     donate_argnums=(0,))
