@@ -127,10 +127,18 @@ def _number(v: Any) -> bool:
 
 
 def settings(config=None, **overrides) -> Settings:
-    """Reads and validates a `config.monitor` block (a ConfigDict, dict, Settings or None).
+    """Reads and validates a `config.monitor` block.
 
-    Missing fields take their defaults; `overrides` (field=value) replace fields. Raises
-    ValueError naming the bad field and what is valid (also for unknown fields).
+    Args:
+      config: a ConfigDict or dict with any fields of `default_config()`, a `Settings`, or None.
+      **overrides: fields that replace the config's.
+
+    Returns:
+      The `Settings` (missing fields take their defaults).
+
+    Raises:
+      ValueError: one line naming the bad field and value and what is valid (also for an
+        unknown field).
     """
     if isinstance(config, Settings):
         if not overrides:
@@ -186,13 +194,21 @@ def settings(config=None, **overrides) -> Settings:
 
 
 def theory_settings(optimizer: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """The theory settings (b1, b2, eps, bias_correction) of an `optaxlab.optimizers` entry
-    with its hparams (defaults included), for `watch` (the trainer passes them).
+    """The theory settings (b1, b2, eps, bias_correction) of an `optaxlab.optimizers` entry,
+    for `watch` (the trainer passes them).
 
     Adam / AdamW: as given. RMSprop: b1 = 0. Adam with equal betas: b1 = b2 = beta (its eps
     sits inside the square root, m / sqrt(m^2 + s^2 + eps^2); 0 by default). LaProp, RAdam,
     AMSGrad: b2 only (the closed-form law f_m; no pure-noise reference, their recursions are
     not Adam's). Others (SGD, sign methods, Lion, ACClip, AdaGrad): {} (no theory overlay).
+
+    Args:
+      optimizer: the registry name.
+      hparams: its hyperparameters, defaults included (`optaxlab.optimizers.hparams(name)`
+        updated with the ones given).
+
+    Returns:
+      {field: value} for `watch(..., **settings)`.
     """
     hp = dict(hparams)
     out: dict[str, Any] = {}

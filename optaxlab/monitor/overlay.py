@@ -120,12 +120,23 @@ def _theory_steps(b2: float, first: int, r: float, bins: int, tail: float):
 
 
 def theory_at(b2: float, t: int, r: float, bins: int, tail: float) -> dict[str, object]:
-    """The closed-form law's prediction at step t for EMA decay b2 (computed on the CPU, cached).
+    r"""The closed-form law's prediction at step t for EMA decay b2 (computed on the CPU, cached).
 
-    Returns m_eff, the bins + 2 masses (underflow, the bins of [-r, r), overflow) of f_{m_eff},
-    Var[|Delta|], kurtosis 3m/(m+2) and bimodality (m+2)/(3m) of f_m (from the Beta(1/2,
-    (m-1)/2) law of Delta^2/m: E[Delta^4] = 3m/(m+2)), and P(|Delta| > tail). Computed for a
+    With :math:`m = m_\mathrm{eff}(t) = (1 - b_2^t)(1 + b_2) / ((1 - b_2)(1 + b_2^t))` the
+    normalized update has density
+    :math:`f_m(x) \propto (1 - x^2/m)^{(m-3)/2}` on :math:`|x| \le \sqrt{m}`. Computed for a
     block of 64 steps in one call and cached, so the per-step host cost is a lookup.
+
+    Args:
+      b2: the second-moment EMA decay (1: simple averaging, m = t).
+      t: the step (>= 1).
+      r, bins: the histogram, `bins` equal bins of [-r, r) plus underflow and overflow.
+      tail: the |Delta| threshold of the tail mass.
+
+    Returns:
+      {'m_eff', 'masses' (the bins + 2 masses of f_m), 'var_abs' (Var[|Delta|]), 'kurtosis'
+      (3m/(m+2), from the Beta(1/2, (m-1)/2) law of Delta^2/m), 'bimodality' ((m+2)/(3m)),
+      'tail' (P(|Delta| > tail))}.
 
     References:
       Zhang & Liu, On the Distributional Properties of Adaptive Gradients (2021), Theorem 1,
@@ -185,7 +196,15 @@ def _derive(v: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def tv_distance(counts: np.ndarray, masses: np.ndarray) -> float:
-    """Total variation 0.5 * sum |counts/sum(counts) - masses| (both over the same bins)."""
+    r"""Total variation distance :math:`\frac{1}{2} \sum_i |c_i / \sum_j c_j - q_i|`.
+
+    Args:
+      counts: histogram counts :math:`c` (any bins, under/overflow included).
+      masses: the reference's masses :math:`q` over the same bins (summing to 1).
+
+    Returns:
+      The distance in [0, 1] (0 identical, 1 disjoint); NaN for an empty histogram.
+    """
     counts = np.asarray(counts, np.float64)
     total = counts.sum()
     if total <= 0:
@@ -200,8 +219,17 @@ def _tv_rows(h: np.ndarray, masses: np.ndarray) -> np.ndarray:
 
 
 def references(stats: Stats) -> dict[str, object]:
-    """The theory's values at the step of `stats`: {'f_m': theory_at(...) or None,
-    'noise': pure-noise masses or None}, from the hparams the update used (or the settings)."""
+    """The two theory references at the step of `stats`.
+
+    Args:
+      stats: a host copy of a `Stats` (its hparams b1, b2, eps are the settings' or those read
+        from an inject_hyperparams state).
+
+    Returns:
+      {'f_m': `theory_at(b2, step, ...)` or None (no b2, theory off, delta_scale='rms'),
+      'noise': `noise_reference(b1, b2, step, ...)` masses or None (b1 or b2 unknown, b2 = 1,
+      no histograms)}.
+    """
     s = stats.settings
     step = int(np.asarray(stats.step))
     out: dict[str, object] = {"f_m": None, "noise": None}
@@ -217,7 +245,25 @@ def references(stats: Stats) -> dict[str, object]:
 
 
 def summarize(stats: Stats) -> dict[str, float]:
-    """Flat dict of finite float scalars (tags as keys) from a host copy of `Stats`."""
+    r"""The scalars of one monitored update, derived in float64 from the raw per-layer sums.
+
+    Per layer, e.g. :math:`\mathrm{Var}[\Delta] = \overline{\Delta^2} - \bar\Delta^2`,
+    :math:`\mathrm{Var}[|\Delta|] = \overline{\Delta^2} - \overline{|\Delta|}^2`, the
+    standardized third and fourth moments, the mean spread, and the total variation distances
+    of the Delta histogram to f_{m_eff(t)} and to the pure-noise reference (see the module
+    docstring for every tag).
+
+    Args:
+      stats: a host copy of a `Stats` (`jax.device_get(latest(opt_state))`).
+
+    Returns:
+      {tag: float} of the finite values: '<metric>/<layer>', pooled 'monitor/<metric>' and
+      'theory/<metric>'.
+
+    References:
+      Zhang & Liu, On the Distributional Properties of Adaptive Gradients (2021), Corollaries
+      1-2 and Section 6; Eigen, Gradient Spread as an Intuition for the Adam Optimizer (2025).
+    """
     s = stats.settings
     names = stats.names
     ref = references(stats)

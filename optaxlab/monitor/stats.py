@@ -91,10 +91,16 @@ def named_leaves(tree) -> dict[str, Any]:
 
 
 def layer_groups(names, s: Settings) -> dict[str, list[str]]:
-    """{layer name: [leaf names]} of the monitored leaves, in sorted layer-name order.
+    """The monitored layers and their leaves.
 
-    group='leaf': one layer per leaf; group='module': the leaves that share a parent path
-    ('blocks/0/mlp/kernel' and '.../bias' -> 'blocks/0/mlp'). include/exclude filter layers.
+    Args:
+      names: the leaf names (`named_leaves(params)`).
+      s: the settings: group='leaf' (one layer per leaf) or 'module' (the leaves that share a
+        parent path: 'blocks/0/mlp/kernel' and '.../bias' -> 'blocks/0/mlp'); include/exclude
+        regexes filter layer names.
+
+    Returns:
+      {layer name: [leaf names]}, in sorted layer-name order.
     """
     groups: dict[str, list[str]] = {}
     for name in names:

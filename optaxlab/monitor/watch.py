@@ -276,14 +276,26 @@ def latest(opt_state) -> Stats | None:
 
 
 def attach(watched: optax.GradientTransformation, inner, params, count) -> WatchState:
-    """A `WatchState` of `watched` (a `watch(tx, ...)`) around a state of `tx`, as after `count`
-    updates, with no statistics yet.
+    """A `WatchState` of `watched` around a state of the transformation it watches.
 
-    For trainers that keep (and checkpoint) `tx`'s state only and attach the monitor for one
-    update: `updates, w = watched.update(g, attach(watched, s, params, step), params)`, then
-    keep `w.inner` and read `latest(w)`. Checkpoints then do not depend on the monitor's
-    settings (its every, bins, layers), and `every` counts `count` (e.g. the trainer's step).
-    Traceable (the template comes from `jax.eval_shape` of `watched.init`).
+    For trainers that keep (and checkpoint) the watched transformation's state only and attach
+    the monitor for one update::
+
+      updates, w = watched.update(grads, attach(watched, opt_state, params, step), params)
+      opt_state, stats = w.inner, latest(w)
+
+    Checkpoints then do not depend on the monitor's settings (every, bins, layers), and
+    `every` counts `count` (e.g. the trainer's step). Traceable: the statistics' template
+    comes from `jax.eval_shape(watched.init, params)`, so nothing is computed for it.
+
+    Args:
+      watched: the transformation returned by `watch(tx, ...)`.
+      inner: a state of `tx` (what `WatchState.inner` holds).
+      params: the parameters (for the layer layout).
+      count: the number of updates done (int or traced int32 scalar).
+
+    Returns:
+      `WatchState(count, inner, stats)` with zero statistics (`latest` gives None for it).
     """
     shapes = jax.eval_shape(watched.init, params)
     stats = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes.stats)
@@ -291,14 +303,20 @@ def attach(watched: optax.GradientTransformation, inner, params, count) -> Watch
 
 
 def vmap_axes(opt_state, axis: int = 0):
-    """`in_axes` / `out_axes` for `jax.vmap` over ensemble members of a state holding a
-    `WatchState`: `axis` for every leaf except the watch's update count (None, unbatched).
+    """`in_axes` / `out_axes` for `jax.vmap` over ensemble members of a state with `watch`.
 
-    Members of one vmapped step update in lockstep, so one count serves them all; kept
+    Members of one vmapped step update in lockstep, so one update count serves them all; kept
     unbatched, the `every` predicate stays a scalar and `lax.cond` a real branch (batched, vmap
     turns the cond into a select: every member would compute its statistics on every step).
     Build the batched state with the same axes, e.g.
     `jax.vmap(tx.init, out_axes=vmap_axes(jax.eval_shape(tx.init, params)))(member_params)`.
+
+    Args:
+      opt_state: a (batched or abstract) optimizer state holding `WatchState`s.
+      axis: the member axis.
+
+    Returns:
+      A pytree prefix of `opt_state`: `axis` everywhere except None at each `WatchState.count`.
     """
     def one(x):
         if isinstance(x, WatchState):

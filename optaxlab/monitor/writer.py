@@ -115,6 +115,9 @@ def write(tb_writer, step: int, stats: Stats | None) -> dict[str, float]:
     Returns:
       {tag: float} of every finite scalar (see `overlay.summarize`), for metrics.jsonl; {} for
       None.
+
+    References:
+      The tags and what the theory distances mean: `optaxlab.monitor.overlay`.
     """
     if stats is None:
         return {}
