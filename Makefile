@@ -23,8 +23,11 @@ demo: $(STAMP)
 demo-quadratic: $(STAMP)
 	$(PY) experiments/demo_quadratic.py
 
+# One script per reproduced figure, named after its paper (README "Papers"); not the demos.
+PAPER_EXPERIMENTS := $(filter-out experiments/demo%.py experiments/_common.py,$(sort $(wildcard experiments/*.py)))
+
 experiments: $(STAMP)
-	@for f in experiments/seed*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+	@for f in $(PAPER_EXPERIMENTS); do echo "== $$f"; $(PY) $$f || exit 1; done
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q

@@ -1,6 +1,7 @@
-"""Demo: every optimizer of `optaxlab.optimizers` on seed 004's heterogeneous toy quadratic.
+"""Demo: every optimizer of `optaxlab.optimizers` on the heterogeneous toy quadratic of
+"In Search of Adam's Secret Sauce".
 
-The 9-dim heterogeneous quadratic of seed 004 App. D (Hessian blocks with eigenvalues ~1, ~100,
+The 9-dim heterogeneous quadratic of its App. D (Hessian blocks with eigenvalues ~1, ~100,
 ~5000, Haar-rotated), stochastic gradients from 3 sampled rows of A = H^(1/2), w0 ~ N(0, I),
 1000 steps, 3 seeds. Each optimizer runs with its default hyperparameters (weight decay 0) over a
 small learning-rate grid (1e-5 .. 1e-1, vmapped: one compile per optimizer); the best learning
@@ -57,7 +58,7 @@ def main() -> None:
                     ls="-" if i < 10 else "--", label=f"{name} (lr {lr:.0e}): {score:.2e}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss f(w) - f* (median over seeds)")
-    ax.set_title(f"All optimizers on the {args.kind} toy quadratic (seed 004 App. D), "
+    ax.set_title(f"All optimizers on the {args.kind} toy quadratic (Secret Sauce App. D), "
                  f"batch {args.batch_size or 'full'}, best lr of {len(LRS)}")
     ax.legend(fontsize=7, ncol=2, loc="lower left")
     files = [_common.save_fig(fig, out / "demo_quadratic.png")]

@@ -4,14 +4,16 @@
 
 Reads WORKDIR/tensorboard (the monitor's histograms, with TensorBoard's EventAccumulator) and the
 scalars from WORKDIR/metrics.jsonl (or, without it, from the TensorBoard events), and writes to
-DIR (default WORKDIR/report):
+DIR (default WORKDIR/report) figures in the style of "On the Distributional Properties of
+Adaptive Gradients" (DP) and "Gradient Spread as an Intuition for the Adam Optimizer" (GS):
 
   update_hist_<layer>.png  per-layer distribution of Delta = (theta_t - theta_{t-1})/lr over the
-                           first steps, with the theory density f_{m_eff(t)} (seed 000 Fig. 2/4)
+                           first steps, with the theory density f_{m_eff(t)} (DP Fig. 2/4)
   variance.png             Var[Delta] and Var[|Delta|] vs step with the theory curves: 1
-                           (Corollary 1) and Corollary 2 at m_eff(t) (seed 000 Fig. 3)
-  spread.png               spread gamma vs step size, coloured by step (seed 002 Fig. 1-2)
-  diagnostics.png          distance to the theory and the shape diagnostics vs step
+                           (Corollary 1) and Corollary 2 at m_eff(t) (DP Fig. 3)
+  spread.png               spread gamma vs step size, coloured by step (GS Fig. 1-2)
+  diagnostics.png          the distances to f_{m_eff(t)} and to the pure-noise reference, and the
+                           shape diagnostics vs step
   loss.png                 the training loss (when metrics.jsonl has it)
   index.html               all of the above with captions
 """
@@ -134,7 +136,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def figure_histograms(hists, scalars, layer: str, out: Path) -> Path:
-    """Seed 000 Fig. 2/4 style: one layer's Delta histogram at the first steps vs theory."""
+    """One layer's Delta histogram at the first steps vs theory (DP Fig. 2/4 style)."""
     series = hists[layer]
     steps = [t for t in FIRST_STEPS if t in series][:10]
     if len(steps) < 10:  # short or sparsely logged runs: fill with the earliest logged steps
@@ -154,7 +156,7 @@ def _layer_lines(ax, per_layer, label_pooled, pooled=None):
 
 
 def figure_variance(scalars, out: Path) -> Path | None:
-    """Seed 000 Fig. 3 style: Var[Delta] and Var[|Delta|] vs step with the theory curves."""
+    """Var[Delta] and Var[|Delta|] vs step with the theory curves (DP Fig. 3 style)."""
     var, var_abs = _per_layer(scalars, "update_var"), _per_layer(scalars, "update_var_abs")
     if not var:
         return None
@@ -175,7 +177,7 @@ def figure_variance(scalars, out: Path) -> Path | None:
 
 
 def _layer_mean(per_layer, exclude: str):
-    """Mean over layers (first within each layer, then across, as seed 002) per step."""
+    """Mean over layers (first within each layer, then across, as GS does) per step."""
     acc: dict[int, list[float]] = {}
     for name, (s, v) in per_layer.items():
         if exclude and re.search(exclude, name):
@@ -187,7 +189,7 @@ def _layer_mean(per_layer, exclude: str):
 
 
 def figure_spread(scalars, out: Path, exclude: str = r"(bias|scale|norm)") -> Path | None:
-    """Seed 002 Fig. 1-2 style: spread vs step size per logged step, coloured by step."""
+    """Spread vs step size per logged step, coloured by step (GS Fig. 1-2 style)."""
     spread = _per_layer(scalars, "spread_geo")
     if not spread:
         return None
@@ -224,9 +226,11 @@ def figure_spread(scalars, out: Path, exclude: str = r"(bias|scale|norm)") -> Pa
 
 
 def figure_diagnostics(scalars, out: Path) -> Path | None:
-    """TV distance to the theory, and skew / kurtosis / bimodality vs their theory values."""
+    """TV distances to the theory and to pure noise, and skew / kurtosis / bimodality vs their
+    theory values."""
     panels = [
         ("theory_tv", "TV distance to f_{m_eff(t)}", None),
+        ("noise_tv", "TV distance to pure noise (same optimizer)", None),
         ("shape_skew", "skew (0 = symmetric)", None),
         ("shape_kurtosis", "kurtosis", "theory/shape_kurtosis"),
         ("shape_bimodality", "bimodality coefficient", "theory/shape_bimodality"),
@@ -268,25 +272,30 @@ CAPTIONS = {
     "update_hist": (
         "Distribution of the normalized update Delta = (theta_t - theta_(t-1))/lr_t of one layer "
         "at the first steps (bars, density over all coordinates; mass beyond the range lowers "
-        "the bars) against the theory f_m with m = m_eff(t) of b2 (black; seed 000 Theorem 1: "
+        "the bars) against the theory f_m with m = m_eff(t) of b2 (black; Theorem 1 of \"On the "
+        "Distributional Properties of Adaptive Gradients\": "
         "atoms at +-1 at m = 1, bimodal at m = 2, flat at m = 3, then towards a Gaussian)."
     ),
     "variance": (
         "Var[Delta] (left) and Var[|Delta|] (right) per layer (thin) and pooled over all "
         "coordinates (red), against the theory: Var[Delta] = 1 at every step (Corollary 1) and "
-        "Corollary 2 at m_eff(t) (dashed). Values below the curves early on are what seed 000 "
+        "Corollary 2 at m_eff(t) (dashed). Values below the curves early on are what that paper's "
         "Fig. 3 calls good agreement; momentum (b1 > 0) narrows Delta."
     ),
     "spread": (
-        "Seed 002: per logged step (colour), the typical spread gamma = sqrt(v - m^2)/|m| "
+        "\"Gradient Spread as an Intuition for the Adam Optimizer\": per logged step (colour), "
+        "the typical spread gamma = sqrt(v - m^2)/|m| "
         "(geometric mean over coordinates, mean over weight layers) against the measured step "
         "size mean |Delta| with the curve 1/sqrt(1 + gamma^2) (left), and the step predicted "
         "coordinate-wise from the spread against the measured one (right; on the diagonal for "
         "b1 = b2, eps = 0)."
     ),
     "diagnostics": (
-        "Total variation distance between each layer's Delta histogram and the theory's bin "
-        "masses, and the shape diagnostics of seed 000 Section 6 (skew: non-zero gradient mean; "
+        "Total variation distances between each layer's Delta histogram and the closed-form "
+        "law's bin masses (large for b1 > 0 whatever the gradients: f_m has no momentum) and the "
+        "pure-noise reference (the same optimizer on iid N(0, 1) gradients: small = "
+        "noise-dominated, large = a consistent gradient signal), and the shape diagnostics of "
+        "Section 6 of the distributional-properties paper (skew: non-zero gradient mean; "
         "kurtosis above the theory: heavy-tailed / trimodal; bimodality coefficient above the "
         "theory after the first steps: growing gradient variance)."
     ),

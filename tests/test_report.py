@@ -15,15 +15,13 @@ def _workdir(tmp_path, steps=6):
     rng = np.random.default_rng(0)
     params = {"mlp": {"kernel": jnp.zeros((64, 48)), "bias": jnp.zeros((48,))}}
     lr = 0.01
-    opt = optax.adam(lr, b1=0.9, b2=0.95, eps=1e-12)
-    cfg = monitor.default_config()
-    cfg.theory_b2, cfg.image_steps = 0.95, ()
+    opt = monitor.watch(optax.adam(lr, b1=0.9, b2=0.95, eps=1e-12), learning_rate=lr, b1=0.9,
+                        b2=0.95, eps=1e-12, image_steps=())
 
     @jax.jit
-    def step(params, state, g, t):
+    def step(params, state, g):
         u, state = opt.update(g, state, params)
-        stats = monitor.measure(g, u, params, state, lr, t, cfg)
-        return optax.apply_updates(params, u), state, stats
+        return optax.apply_updates(params, u), state
 
     workdir = tmp_path / "run"
     writer = monitor.EventWriter(str(workdir / "tensorboard"))
@@ -33,9 +31,9 @@ def _workdir(tmp_path, steps=6):
             g = jax.tree.map(
                 lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params
             )
-            params, state, stats = step(params, state, g, t)
-            logged[t] = jax.device_get(stats)
-            record = {"step": t, "loss": 3.0 / t, **monitor.write(writer, t, logged[t], cfg)}
+            params, state = step(params, state, g)
+            logged[t] = jax.device_get(monitor.latest(state))
+            record = {"step": t, "loss": 3.0 / t, **monitor.write(writer, t, logged[t])}
             f.write(json.dumps(record) + "\n")
     writer.close()
     (workdir / "config.json").write_text(json.dumps({"optimizer": {"name": "adam", "b2": 0.95}}))
@@ -70,11 +68,12 @@ def test_report_renders_the_three_figure_kinds(tmp_path, capsys):
     hists = report.load_histograms(report._accumulator(workdir / "tensorboard"), scalars)
     assert sorted(hists) == ["mlp/bias", "mlp/kernel"]
     counts, edges = hists["mlp/kernel"][3]
-    np.testing.assert_array_equal(counts, monitor.layer_row(logged[3], "delta_hist", "mlp/kernel"))
+    np.testing.assert_array_equal(counts, logged[3].histogram("mlp/kernel"))
     np.testing.assert_allclose(edges, monitor.settings(monitor.default_config()).edges(), 1e-6)
     steps, m_eff = scalars["theory/m_eff"]
     assert list(steps) == list(range(1, 7))
     assert abs(m_eff[0] - 1.0) < 1e-6 and np.all(np.diff(m_eff) > 0)
+    assert list(scalars["noise_tv/mlp/kernel"][0]) == list(range(1, 7))
 
 
 def test_report_errors_clearly(tmp_path, capsys):

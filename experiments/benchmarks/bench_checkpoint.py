@@ -59,10 +59,9 @@ def bench(name: str, rounds: int) -> list[str]:
     mesh = mesh_lib.make_mesh((1, 1, 1), jax.devices()[:1])
     tx = optim.make_optimizer(config.optimizer, config.steps)
     graphdef, init_fn, _, shardings = state_lib.create(config.model, tx, mesh, config.seed)
-    plain, _, _ = step_lib.compile_steps(
-        graphdef=graphdef, tx=tx, task="lm", config=config, state_shardings=shardings,
-        batch_sharding=mesh_lib.batch_sharding(mesh), replicated=mesh_lib.replicated(mesh),
-        measure=None)
+    plain, _ = step_lib.compile_steps(
+        graphdef=graphdef, tx=tx, task="lm", state_shardings=shardings,
+        batch_sharding=mesh_lib.batch_sharding(mesh), replicated=mesh_lib.replicated(mesh))
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, config.model.vocab_size, (config.batch_size, config.seq_len + 1))
     batch = mesh_lib.global_batch({"inputs": tokens[:, :-1].astype(np.int32),

@@ -52,10 +52,9 @@ def ours(config, tokens):
     mesh = mesh_lib.make_mesh((1, 1, 1), devices)
     tx = optim.make_optimizer(config.optimizer, config.steps)
     graphdef, init_fn, _, shardings = state_lib.create(config.model, tx, mesh, config.seed)
-    plain, _, _ = step_lib.compile_steps(
-        graphdef=graphdef, tx=tx, task="lm", config=config, state_shardings=shardings,
-        batch_sharding=mesh_lib.batch_sharding(mesh), replicated=mesh_lib.replicated(mesh),
-        measure=None)
+    plain, _ = step_lib.compile_steps(
+        graphdef=graphdef, tx=tx, task="lm", state_shardings=shardings,
+        batch_sharding=mesh_lib.batch_sharding(mesh), replicated=mesh_lib.replicated(mesh))
     state = init_fn()
     params0 = jax.tree.map(np.asarray, jax.device_get(state.params))
     batch = mesh_lib.global_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, mesh)
@@ -200,7 +199,7 @@ def theirs(config, tokens, params0):
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         adam.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optimizer.max_norm)
         adam.step()
         box["count"] += 1
         box["loss"] = loss.item()

@@ -1,10 +1,13 @@
-"""Default `config.monitor` block shared by every training config, and its validation."""
+"""The monitor's settings: the `config.monitor` block of every training config, and `watch`'s
+keyword arguments (validated into one hashable `Settings`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import re
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -14,20 +17,20 @@ _SCALES = ("none", "rms")
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """Monitoring defaults: what is measured inside the train step and how often.
+    """Monitoring defaults: what is measured inside the optimizer update and how often.
 
     Fields:
-      every: log the monitor every N steps; 0 turns it off (the trainer then compiles a step
-        with no monitor code at all).
+      every: compute the statistics on every N-th update (the others pay one scalar
+        predicate); 0 turns the monitor off (the trainer then does not wrap its optimizer).
       histograms: True: per-layer histograms of Delta and of the gradient (and the theory
-        distance); False: "scalars only" (moments, norms, spread; no binning).
+        distances); False: "scalars only" (moments, norms, spread; no binning).
       bins: number of equal-width bins on the symmetric range, plus one underflow and one
         overflow bin. Odd by default so that 0 (and +-1, where SignSGD and Adam's first step
         land) sit inside a bin rather than on an edge.
       delta_range: histogram range [-R, R] of the normalized update
         Delta = (theta_t - theta_{t-1}) / lr_t. Adam-like updates have a natural scale
         (|Delta| <= sqrt(m_eff) <= ~45 without eps, Var[Delta] = 1 under the theory model).
-      delta_scale: 'none' (bin Delta itself; needed for the theory overlay) or 'rms' (bin
+      delta_scale: 'none' (bin Delta itself; needed for the theory distances) or 'rms' (bin
         Delta / rms(Delta) per leaf; use it for SGD-like optimizers whose Delta = -g is tiny).
       grad_range: histogram range [-R, R] of the gradient after `grad_scale`.
       grad_scale: 'rms' (default: bin g / rms(g) per leaf, so every layer uses its own scale
@@ -36,19 +39,21 @@ def default_config() -> ml_collections.ConfigDict:
       group: 'leaf' (one layer per parameter leaf, named by its path, e.g. 'blocks/0/mlp/kernel')
         or 'module' (leaves of one module merged: kernel and bias together).
       include / exclude: regular expressions (re.search) on layer names; '' means all / none.
-      theory: log the theory overlay (distance to f_{m_eff(t)}, shape diagnostics vs theory).
-      theory_b2: the optimizer's second-moment decay b2 (optax does not store it in the state).
-        The trainer fills it from the optimizer hparams (b2, or beta for adam_equal_betas);
-        None (and no 'b2' found in an inject_hyperparams state) = no theory overlay.
-        1.0 means simple averaging (nu = mean of g_1^2..g_t^2, m_eff(t) = t).
-      theory_b1: the first-moment decay b1 (optional). When set together with theory_b2, the
-        spread gamma is computed from bias-corrected moments (m/(1-b1^t), v/(1-b2^t)), so that
-        for b1 = b2 the Adam direction is exactly sign(m)/sqrt(1+gamma^2); otherwise from the raw
-        EMAs (seed 002's definition).
+      theory: log the theory distances (to f_{m_eff(t)} and to the pure-noise reference) and
+        the shape diagnostics.
+      b1, b2, eps, bias_correction: the optimizer's Adam-form hyperparameters, for the theory.
+        None = read them from an `optax.inject_hyperparams` state ('b1', 'b2', 'beta' for
+        both, 'eps') when the watched optimizer has one, else unknown: optax's own states
+        (`ScaleByAdamState`, the VI tracker's) do not store them, so pass them when you know
+        them (the trainer does, from the optimizer config). b2 drives f_{m_eff(t)} (b2 = 1:
+        simple averaging, m_eff(t) = t); b1 and b2 together drive the pure-noise reference and
+        the bias-corrected spread (with `bias_correction`, None = True); eps defaults to 0.
+        `theory_settings` gives them for an `optaxlab.optimizers` entry.
       tail: |Delta| threshold for the tail-mass diagnostic (fraction of coordinates beyond it).
       image_steps: steps at which a "histogram vs theory" figure is written to TensorBoard.
       image_max_layers: at most this many layers per figure (the first ones, in name order).
     """
+    placeholder = ml_collections.config_dict.placeholder
     return ml_collections.ConfigDict(
         dict(
             every=1,
@@ -62,8 +67,10 @@ def default_config() -> ml_collections.ConfigDict:
             include="",
             exclude="",
             theory=True,
-            theory_b2=ml_collections.config_dict.placeholder(float),
-            theory_b1=ml_collections.config_dict.placeholder(float),
+            b1=placeholder(float),
+            b2=placeholder(float),
+            eps=placeholder(float),
+            bias_correction=placeholder(bool),
             tail=3.0,
             image_steps=(1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000),
             image_max_layers=12,
@@ -93,8 +100,10 @@ class Settings:
     include: str
     exclude: str
     theory: bool
-    theory_b2: float | None
-    theory_b1: float | None
+    b1: float | None
+    b2: float | None
+    eps: float | None
+    bias_correction: bool
     tail: float
     image_steps: tuple[int, ...]
     image_max_layers: int
@@ -110,65 +119,107 @@ class Settings:
         return not (self.exclude and re.search(self.exclude, name))
 
 
-def _get(config, name, default):
-    if config is None:
-        return default
-    try:
-        value = config[name] if name in config else default
-    except TypeError:
-        value = getattr(config, name, default)
-    return default if value is None and default is not None else value
+FIELDS = tuple(f.name for f in dataclasses.fields(Settings))
 
 
-def settings(config) -> Settings:
-    """Reads and validates a `config.monitor` block (a ConfigDict, dict or None).
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
-    Missing fields take their defaults. Raises ValueError naming the bad field and what is valid.
+
+def settings(config=None, **overrides) -> Settings:
+    """Reads and validates a `config.monitor` block.
+
+    Args:
+      config: a ConfigDict or dict with any fields of `default_config()`, a `Settings`, or None.
+      **overrides: fields that replace the config's.
+
+    Returns:
+      The `Settings` (missing fields take their defaults).
+
+    Raises:
+      ValueError: one line naming the bad field and value and what is valid (also for an
+        unknown field).
     """
     if isinstance(config, Settings):
-        return config
+        if not overrides:
+            return config
+        config = dataclasses.asdict(config)
+    given: dict[str, Any] = {}
+    if config is not None:
+        items = config.items() if isinstance(config, Mapping) or hasattr(config, "items") else ()
+        given.update(items)
+    given.update(overrides)
+    unknown = sorted(k for k in given if k not in FIELDS)
+    if unknown:
+        raise ValueError(f"monitor.{unknown[0]}: unknown setting; valid: {', '.join(FIELDS)}")
     d = default_config()
-    get = lambda k: _get(config, k, d[k])
-    s = Settings(
-        every=get("every"),
-        histograms=bool(get("histograms")),
-        bins=get("bins"),
-        delta_range=get("delta_range"),
-        delta_scale=get("delta_scale"),
-        grad_range=get("grad_range"),
-        grad_scale=get("grad_scale"),
-        group=get("group"),
-        include=get("include") or "",
-        exclude=get("exclude") or "",
-        theory=bool(get("theory")),
-        theory_b2=_get(config, "theory_b2", None),
-        theory_b1=_get(config, "theory_b1", None),
-        tail=get("tail"),
-        image_steps=tuple(int(x) for x in (get("image_steps") or ())),
-        image_max_layers=get("image_max_layers"),
-    )
-    if not isinstance(s.every, (int, np.integer)) or isinstance(s.every, bool) or s.every < 0:
-        raise ValueError(f"monitor.every={s.every!r}: must be an int >= 0 (0 = off).")
-    if not isinstance(s.bins, (int, np.integer)) or isinstance(s.bins, bool) or s.bins < 2:
-        raise ValueError(f"monitor.bins={s.bins!r}: must be an int >= 2 (64-128 is typical).")
+    v = {k: given[k] if given.get(k) is not None else d[k] for k in FIELDS}
+    if given.get("bias_correction") is None:
+        v["bias_correction"] = True
+    v["histograms"], v["theory"] = bool(v["histograms"]), bool(v["theory"])
+    v["bias_correction"] = v["bias_correction"] is None or bool(v["bias_correction"])
+    v["include"], v["exclude"] = v["include"] or "", v["exclude"] or ""
+    v["image_steps"] = tuple(int(x) for x in (v["image_steps"] or ()))
+    for k in ("every", "bins", "image_max_layers"):
+        low = {"every": 0, "bins": 2, "image_max_layers": 1}[k]
+        if not isinstance(v[k], (int, np.integer)) or isinstance(v[k], bool) or v[k] < low:
+            what = {"every": "an int >= 0 (0 = off)", "bins": "an int >= 2 (64-128 is typical)",
+                    "image_max_layers": "an int >= 1"}[k]
+            raise ValueError(f"monitor.{k}={v[k]!r}: must be {what}.")
+        v[k] = int(v[k])
     for k in ("delta_range", "grad_range", "tail"):
-        v = getattr(s, k)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-            raise ValueError(f"monitor.{k}={v!r}: must be a positive number.")
+        if not _number(v[k]) or not v[k] > 0:
+            raise ValueError(f"monitor.{k}={v[k]!r}: must be a positive number.")
+        v[k] = float(v[k])
     for k in ("delta_scale", "grad_scale"):
-        if getattr(s, k) not in _SCALES:
-            raise ValueError(f"monitor.{k}={getattr(s, k)!r}: must be one of {_SCALES}.")
-    if s.group not in _GROUPS:
-        raise ValueError(f"monitor.group={s.group!r}: must be one of {_GROUPS}.")
+        if v[k] not in _SCALES:
+            raise ValueError(f"monitor.{k}={v[k]!r}: must be one of {_SCALES}.")
+    if v["group"] not in _GROUPS:
+        raise ValueError(f"monitor.group={v['group']!r}: must be one of {_GROUPS}.")
     for k in ("include", "exclude"):
         try:
-            re.compile(getattr(s, k))
+            re.compile(v[k])
         except re.error as e:
-            raise ValueError(f"monitor.{k}={getattr(s, k)!r}: not a valid regex ({e}).") from e
-    if s.theory_b2 is not None and not 0.0 <= s.theory_b2 <= 1.0:
-        raise ValueError(f"monitor.theory_b2={s.theory_b2!r}: must be in [0, 1] or None.")
-    if s.theory_b1 is not None and not 0.0 <= s.theory_b1 < 1.0:
-        raise ValueError(f"monitor.theory_b1={s.theory_b1!r}: must be in [0, 1) or None.")
-    if s.image_max_layers < 1:
-        raise ValueError(f"monitor.image_max_layers={s.image_max_layers!r}: must be >= 1.")
-    return s
+            raise ValueError(f"monitor.{k}={v[k]!r}: not a valid regex ({e}).") from e
+    for k, (lo, hi_ok) in {"b1": (0.0, False), "b2": (0.0, True)}.items():
+        x = v[k]
+        if x is not None and not (_number(x) and lo <= x and (x <= 1.0 if hi_ok else x < 1.0)):
+            valid = "[0, 1]" if hi_ok else "[0, 1)"
+            raise ValueError(f"monitor.{k}={x!r}: must be in {valid} or None (unknown).")
+    if v["eps"] is not None and not (_number(v["eps"]) and v["eps"] >= 0):
+        raise ValueError(f"monitor.eps={v['eps']!r}: must be a number >= 0 or None (unknown).")
+    for k in ("b1", "b2", "eps"):
+        v[k] = None if v[k] is None else float(v[k])
+    return Settings(**v)
+
+
+def theory_settings(optimizer: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The theory settings (b1, b2, eps, bias_correction) of an `optaxlab.optimizers` entry,
+    for `watch` (the trainer passes them).
+
+    Adam / AdamW: as given. RMSprop: b1 = 0. Adam with equal betas: b1 = b2 = beta (its eps
+    sits inside the square root, m / sqrt(m^2 + s^2 + eps^2); 0 by default). LaProp, RAdam,
+    AMSGrad: b2 only (the closed-form law f_m; no pure-noise reference, their recursions are
+    not Adam's). Others (SGD, sign methods, Lion, ACClip, AdaGrad): {} (no theory overlay).
+
+    Args:
+      optimizer: the registry name.
+      hparams: its hyperparameters, defaults included (`optaxlab.optimizers.hparams(name)`
+        updated with the ones given).
+
+    Returns:
+      {field: value} for `watch(..., **settings)`.
+    """
+    hp = dict(hparams)
+    out: dict[str, Any] = {}
+    if optimizer in ("adam", "adamw"):
+        out = {k: hp[k] for k in ("b1", "b2", "eps") if k in hp}
+    elif optimizer == "rmsprop":
+        out = {"b1": 0.0, **{k: hp[k] for k in ("b2", "eps") if k in hp}}
+    elif optimizer == "adam_equal_betas" and "beta" in hp:
+        out = {"b1": hp["beta"], "b2": hp["beta"], "eps": hp.get("eps", 0.0)}
+    elif optimizer in ("laprop", "radam", "amsgrad") and "b2" in hp:
+        out = {"b2": hp["b2"]}
+    if out and "bias_correction" in hp:
+        out["bias_correction"] = bool(hp["bias_correction"])
+    return {k: (float(v) if k != "bias_correction" else v) for k, v in out.items()}

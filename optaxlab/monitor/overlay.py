@@ -1,15 +1,18 @@
-"""Host side: raw per-layer sums -> readable scalars, the theory overlay and shape diagnostics.
+"""Host side: raw per-layer sums -> readable scalars, the theory distances and shape diagnostics.
 
-`summarize(stats, config)` turns the small arrays of `measure` (already on the host) into a flat
-dict of floats, in float64. Per layer (tag `<metric>/<layer>`):
+`summarize(stats)` turns a `Stats` (on the host) into a flat dict of floats, in float64. The
+papers: "On the Distributional Properties of Adaptive Gradients" (the update's law f_m, its
+Corollaries 1-2, the Section 6 shapes), "Gradient Spread as an Intuition for the Adam Optimizer"
+(spread), "In Search of Adam's Secret Sauce" (the VI tracker's SNR). Per layer (tag
+`<metric>/<layer>`):
 
-  update_var        Var[Delta]             (theory model: 1 at every step, seed 000 Corollary 1)
+  update_var        Var[Delta]             (theory model: 1 at every step, Corollary 1)
   update_var_abs    Var[|Delta|]           (theory: Corollary 2 at m_eff(t), 0.19 at m=2 -> 0.36)
-  update_mean_abs   mean |Delta|           (seed 002's measured step size)
+  update_mean_abs   mean |Delta|           (the gradient-spread paper's measured step size)
   update_mean       mean Delta
   update_param_rms  rms(theta_t - theta_{t-1}) / rms(theta_{t-1})
   grad_norm         ||g|| of the layer
-  spread            mean over coordinates of gamma = sqrt(v - m^2)/|m| (seed 002; coordinates with
+  spread            mean over coordinates of gamma = sqrt(v - m^2)/|m| (coordinates with
                     m = 0 are left out), where the optimizer state has (mu, nu) or (mean, var)
   spread_geo        geometric mean exp(mean log gamma) over the same coordinates: a typical spread
                     that the heavy 1/|m| tail of gamma near m = 0 does not dominate (the plain
@@ -18,10 +21,17 @@ dict of floats, in float64. Per layer (tag `<metric>/<layer>`):
   snr               mean of |mean|/sqrt(var), for the Gaussian VI tracker's state
   theory_tv         total variation distance between the observed Delta histogram (normalized,
                     under/overflow bins included) and the theory's bin masses under f_{m_eff(t)}:
-                    0 = identical, 1 = disjoint; ~0.01 is sampling noise for 1e5 coordinates
+                    0 = identical, 1 = disjoint; ~0.01 is sampling noise for 1e5 coordinates.
+                    f_m has no momentum: for b1 > 0 this stays large (~0.6 for b1 = 0.9) however
+                    the gradients behave; read noise_tv instead.
+  noise_tv          total variation distance to the pure-noise reference: the same optimizer
+                    (b1, b2, eps, bias correction) at the same step on iid N(0, 1) gradients
+                    (`optaxlab.monitor.noise`). Small (~0.02-0.05 for 1e4-1e5 coordinates):
+                    the layer's update looks like what noise alone gives; large: a consistent
+                    gradient signal shapes it (e.g. 0.3-0.6 on a quadratic's descent).
   shape_skew        third standardized moment of Delta. 0 for the theory (symmetric). |skew| of
                     a few tenths or more means the gradient has a non-zero mean in this layer
-                    (seed 000 Sec. 6.2). Its sign is the sign of the mean gradient: the bulk of
+                    (Sec. 6.2). Its sign is the sign of the mean gradient: the bulk of
                     Delta sits against the bound on the side opposite to g (Delta moves against
                     g) and the tail points back across 0 (g ~ N(-1, 1) gives skew -1.2 at t = 2,
                     -0.24 at t = 10 with simple averaging).
@@ -39,6 +49,7 @@ dict of floats, in float64. Per layer (tag `<metric>/<layer>`):
 
 Global tags `monitor/<metric>` pool all monitored layers (coordinate-weighted), and `theory/...`
 hold the theory's values at this step: m_eff, var_abs, kurtosis, bimodality, tail.
+`monitor/learning_rate` is the lr Delta was normalized by.
 """
 
 from __future__ import annotations
@@ -46,14 +57,14 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Mapping
 
 import jax
 import numpy as np
 
 from optaxlab import theory
-from optaxlab.monitor.config import Settings, settings
-from optaxlab.monitor.stats import FIELD, layer_names
+from optaxlab.monitor import noise
+from optaxlab.monitor.stats import FIELD
+from optaxlab.monitor.watch import Stats
 
 PER_LAYER_METRICS = (
     "update_var",
@@ -67,26 +78,12 @@ PER_LAYER_METRICS = (
     "spread_step",
     "snr",
     "theory_tv",
+    "noise_tv",
     "shape_skew",
     "shape_kurtosis",
     "shape_bimodality",
     "shape_tail",
 )
-
-
-def layers(stats: Mapping[str, np.ndarray]) -> list[str]:
-    """The monitored layer names of a stats dict, in row order."""
-    return layer_names(stats)
-
-
-def theory_b2(stats: Mapping[str, np.ndarray], config) -> float | None:
-    """b2 for the overlay: config.theory_b2, else an inject_hyperparams 'b2' seen by measure."""
-    s = settings(config)
-    if s.theory_b2 is not None:
-        return float(s.theory_b2)
-    if "hparam_b2" in stats:
-        return float(np.asarray(stats["hparam_b2"]))
-    return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -123,12 +120,27 @@ def _theory_steps(b2: float, first: int, r: float, bins: int, tail: float):
 
 
 def theory_at(b2: float, t: int, r: float, bins: int, tail: float) -> dict[str, object]:
-    """The theory's prediction at step t for EMA decay b2 (computed on the CPU, cached).
+    r"""The closed-form law's prediction at step t for EMA decay b2 (computed on the CPU, cached).
 
-    Returns m_eff, the bins + 2 masses (underflow, the bins of [-r, r), overflow), Var[|Delta|],
-    kurtosis 3m/(m+2) and bimodality (m+2)/(3m) of f_m (from the Beta(1/2, (m-1)/2) law of
-    Delta^2/m: E[Delta^4] = 3m/(m+2)), and P(|Delta| > tail). Computed for a block of 64 steps
-    in one call and cached, so the per-step host cost is a lookup.
+    With :math:`m = m_\mathrm{eff}(t) = (1 - b_2^t)(1 + b_2) / ((1 - b_2)(1 + b_2^t))` the
+    normalized update has density
+    :math:`f_m(x) \propto (1 - x^2/m)^{(m-3)/2}` on :math:`|x| \le \sqrt{m}`. Computed for a
+    block of 64 steps in one call and cached, so the per-step host cost is a lookup.
+
+    Args:
+      b2: the second-moment EMA decay (1: simple averaging, m = t).
+      t: the step (>= 1).
+      r, bins: the histogram, `bins` equal bins of [-r, r) plus underflow and overflow.
+      tail: the |Delta| threshold of the tail mass.
+
+    Returns:
+      {'m_eff', 'masses' (the bins + 2 masses of f_m), 'var_abs' (Var[|Delta|]), 'kurtosis'
+      (3m/(m+2), from the Beta(1/2, (m-1)/2) law of Delta^2/m), 'bimodality' ((m+2)/(3m)),
+      'tail' (P(|Delta| > tail))}.
+
+    References:
+      Zhang & Liu, On the Distributional Properties of Adaptive Gradients (2021), Theorem 1,
+      Corollary 2 and eq. 9-12 (m_eff of an EMA).
     """
     t = max(int(t), 1)
     first = (t - 1) // _BLOCK * _BLOCK + 1
@@ -184,7 +196,15 @@ def _derive(v: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def tv_distance(counts: np.ndarray, masses: np.ndarray) -> float:
-    """Total variation 0.5 * sum |counts/sum(counts) - masses| (both over the same bins)."""
+    r"""Total variation distance :math:`\frac{1}{2} \sum_i |c_i / \sum_j c_j - q_i|`.
+
+    Args:
+      counts: histogram counts :math:`c` (any bins, under/overflow included).
+      masses: the reference's masses :math:`q` over the same bins (summing to 1).
+
+    Returns:
+      The distance in [0, 1] (0 identical, 1 disjoint); NaN for an empty histogram.
+    """
     counts = np.asarray(counts, np.float64)
     total = counts.sum()
     if total <= 0:
@@ -192,28 +212,74 @@ def tv_distance(counts: np.ndarray, masses: np.ndarray) -> float:
     return float(0.5 * np.abs(counts / total - masses).sum())
 
 
-def summarize(stats: Mapping[str, np.ndarray], config) -> dict[str, float]:
-    """Flat dict of finite float scalars (tags as keys) from the host copy of `measure`'s output."""
-    s: Settings = settings(config)
-    step = int(np.asarray(stats["step"])) if "step" in stats else 0
-    names = layers(stats)
-    b2 = theory_b2(stats, s) if s.theory else None
-    th = None
-    if b2 is not None and s.delta_scale == "none" and step >= 1:
-        th = theory_at(b2, step, float(s.delta_range), s.bins, float(s.tail))
+def _tv_rows(h: np.ndarray, masses: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = h / h.sum(axis=1, keepdims=True)
+    return 0.5 * np.abs(p - masses).sum(axis=1)
+
+
+def references(stats: Stats) -> dict[str, object]:
+    """The two theory references at the step of `stats`.
+
+    Args:
+      stats: a host copy of a `Stats` (its hparams b1, b2, eps are the settings' or those read
+        from an inject_hyperparams state).
+
+    Returns:
+      {'f_m': `theory_at(b2, step, ...)` or None (no b2, theory off, delta_scale='rms'),
+      'noise': `noise_reference(b1, b2, step, ...)` masses or None (b1 or b2 unknown, b2 = 1,
+      no histograms)}.
+    """
+    s = stats.settings
+    step = int(np.asarray(stats.step))
+    out: dict[str, object] = {"f_m": None, "noise": None}
+    if not s.theory or s.delta_scale != "none" or step < 1:
+        return out
+    b1, b2, eps = stats.hparam("b1"), stats.hparam("b2"), stats.hparam("eps")
+    if b2 is not None and 0.0 <= b2 <= 1.0:
+        out["f_m"] = theory_at(b2, step, s.delta_range, s.bins, s.tail)
+    if s.histograms and noise.supported(b1, b2):
+        out["noise"] = noise.noise_reference(b1, b2, step, s.bins, s.delta_range, eps or 0.0,
+                                             s.bias_correction)
+    return out
+
+
+def summarize(stats: Stats) -> dict[str, float]:
+    r"""The scalars of one monitored update, derived in float64 from the raw per-layer sums.
+
+    Per layer, e.g. :math:`\mathrm{Var}[\Delta] = \overline{\Delta^2} - \bar\Delta^2`,
+    :math:`\mathrm{Var}[|\Delta|] = \overline{\Delta^2} - \overline{|\Delta|}^2`, the
+    standardized third and fourth moments, the mean spread, and the total variation distances
+    of the Delta histogram to f_{m_eff(t)} and to the pure-noise reference (see the module
+    docstring for every tag).
+
+    Args:
+      stats: a host copy of a `Stats` (`jax.device_get(latest(opt_state))`).
+
+    Returns:
+      {tag: float} of the finite values: '<metric>/<layer>', pooled 'monitor/<metric>' and
+      'theory/<metric>'.
+
+    References:
+      Zhang & Liu, On the Distributional Properties of Adaptive Gradients (2021), Corollaries
+      1-2 and Section 6; Eigen, Gradient Spread as an Intuition for the Adam Optimizer (2025).
+    """
+    s = stats.settings
+    names = stats.names
+    ref = references(stats)
+    th = ref["f_m"]
     out: dict[str, float] = {}  # per-layer scalars (filtered as arrays)
     rest: dict[str, float] = {}  # pooled and theory scalars
     if names:
-        v = np.asarray(stats["stats"], np.float64)
+        v = np.asarray(stats.layers, np.float64)
         both = _derive(np.concatenate([v, v.sum(axis=0, keepdims=True)]))  # last row: pooled
         per_layer = {k: x[:-1] for k, x in both.items()}  # (min/max columns unused)
         total = {k: x[-1] for k, x in both.items()}
-        if th is not None and "delta_hist" in stats:
-            h = np.asarray(stats["delta_hist"], np.float64)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                p = h / h.sum(axis=1, keepdims=True)
-            per_layer["theory_tv"] = 0.5 * np.abs(p - th["masses"]).sum(axis=1)
-            total["theory_tv"] = tv_distance(h.sum(axis=0), th["masses"])
+        h = np.asarray(stats.hist, np.float64)[:, 0] if s.histograms else None
+        for key, masses in (("theory_tv", th and th["masses"]), ("noise_tv", ref["noise"])):
+            if masses is not None and h is not None:
+                per_layer[key] = _tv_rows(h, masses)
+                total[key] = tv_distance(h.sum(axis=0), masses)
         cols = np.stack(list(per_layer.values())).ravel()  # [metric, layer], flattened
         ok = np.isfinite(cols)
         tags = itertools.compress(_tags(tuple(per_layer), tuple(names)), ok.tolist())
@@ -221,8 +287,9 @@ def summarize(stats: Mapping[str, np.ndarray], config) -> dict[str, float]:
         for k, x in total.items():
             if not k.startswith("shape_"):
                 rest[f"monitor/{k}"] = float(x)
-    if "learning_rate" in stats:
-        rest["monitor/learning_rate"] = float(np.asarray(stats["learning_rate"]))
+    lr = stats.hparam("learning_rate")
+    if lr is not None:
+        rest["monitor/learning_rate"] = lr
     if th is not None:
         rest["theory/m_eff"] = th["m_eff"]
         rest["theory/update_var"] = 1.0

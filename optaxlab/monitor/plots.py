@@ -56,8 +56,10 @@ def hist_panel(
     title: str,
     color: str = "C0",
     label: str | None = None,
+    noise: np.ndarray | None = None,
 ) -> None:
-    """One histogram (density over the in-range bins) with the theory curve f_{m_eff}.
+    """One histogram (density over the in-range bins) with the theory curve f_{m_eff} and, when
+    given, the pure-noise reference (its bins + 2 masses, drawn as a step line).
 
     `counts` are the bins + 2 counts (underflow, bins, overflow); the density is normalized by
     all coordinates, so mass outside the range lowers the bars instead of being hidden.
@@ -67,6 +69,11 @@ def hist_panel(
     width = np.diff(edges)
     dens = counts[1:-1] / (total * width)
     ax.stairs(dens, edges, fill=True, alpha=0.55, color=color, label=label or "observed")
+    top = np.nanmax(dens) if dens.size else 1.0
+    if noise is not None:
+        ref = np.asarray(noise, np.float64)[1:-1] / width
+        ax.stairs(ref, edges, color="C1", lw=1.2, label="pure noise (same optimizer)")
+        top = max(top, np.nanmax(ref))
     if m_eff is not None:
         lim = min(np.sqrt(m_eff), edges[-1]) if m_eff > 1 + 1e-6 else None
         if lim is None:  # m = 1: atoms at +-1, drawn as their bin's mass / width
@@ -75,7 +82,7 @@ def hist_panel(
         else:
             x = np.linspace(-lim, lim, 401)[1:-1]
             ax.plot(x, theory_density(x, m_eff), "k-", lw=1.2, label=f"f_m, m={m_eff:.2f}")
-        top = np.nanmax(dens) if dens.size else 1.0
+    if m_eff is not None or noise is not None:
         ax.set_ylim(0, max(1.15 * top, 0.5))
     ax.set_xlim(edges[0], edges[-1])
     ax.set_title(title, fontsize=8)
@@ -87,18 +94,21 @@ def layer_grid(
     edges: np.ndarray,
     m_eff: float | None,
     step: int,
-    tvs: dict[str, float] | None = None,
+    tvs: dict[str, tuple[float | None, float | None]] | None = None,
     max_layers: int = 12,
+    noise: np.ndarray | None = None,
 ):
-    """Figure: one panel per layer (at most max_layers) of Delta's histogram vs f_{m_eff}."""
+    """Figure: one panel per layer (at most max_layers) of Delta's histogram vs f_{m_eff} and
+    the pure-noise reference; `tvs` maps a layer to its (theory_tv, noise_tv)."""
     names = list(hists)[:max_layers]
     ncols = min(4, max(len(names), 1))
     nrows = max(1, -(-len(names) // ncols))
     fig, axes = figure(ncols, nrows)
     for ax, name in zip(axes, names, strict=False):
-        tv = (tvs or {}).get(name)
-        title = f"{name}\nstep {step}" + (f", TV={tv:.3f}" if tv is not None else "")
-        hist_panel(ax, hists[name], edges, m_eff, title)
+        tv, ntv = (tvs or {}).get(name, (None, None))
+        title = f"{name}\nstep {step}" + (f", TV f_m {tv:.3f}" if tv is not None else "") + (
+            f", noise {ntv:.3f}" if ntv is not None else "")
+        hist_panel(ax, hists[name], edges, m_eff, title, noise=noise)
     for ax in axes[len(names) :]:
         ax.set_axis_off()
     if names:
@@ -113,7 +123,8 @@ def steps_grid(
     layer: str,
     steps: Sequence[int],
 ):
-    """Figure (seed 000 Fig. 2/4 style): one layer's Delta histogram at several steps vs theory."""
+    """Figure: one layer's Delta histogram at several steps vs theory (the style of Figs. 2/4 of
+    "On the Distributional Properties of Adaptive Gradients")."""
     steps = [t for t in steps if t in series]
     ncols = min(5, max(len(steps), 1))
     nrows = max(1, -(-len(steps) // ncols))

@@ -73,12 +73,9 @@ class _Setup(NamedTuple):
     init_fn: Callable[[], state_lib.TrainState]
     train_ds: Any
     val_ds: Any
-    plain_step: Callable | None
-    monitored_step: Callable | None
+    train_step: Callable  # jitted; monitored through monitor.watch when every > 0
     eval_step: Callable
     every: int  # monitor every N steps (0: off)
-    monitor_write: Callable | None
-    msettings: Any
 
 
 def _datasets(config, task: str, rows):
@@ -92,17 +89,6 @@ def _datasets(config, task: str, rows):
         make = functools.partial(data_lib.vision_dataset, config.data,
                                  batch_size=config.batch_size, seed=config.seed, rows=rows)
     return make(split="train"), (make(split="val") if config.eval_every else None)
-
-
-def _monitor_fns(mcfg):
-    every = mcfg.get("every", 0)
-    if not every:
-        return None, None
-    measure, write = getattr(monitor, "measure", None), getattr(monitor, "write", None)
-    if not (callable(measure) and callable(write)):
-        raise ConfigError(f"config.monitor.every={every} but optaxlab.monitor.measure/write "
-                          "are not available; set --config.monitor.every=0")
-    return functools.partial(measure, config=mcfg), write
 
 
 def fingerprint(config, task: str) -> dict[str, Any]:
@@ -184,17 +170,19 @@ def _prepare(config, devices, stop_after, wrap_optimizer) -> _Setup:
     end = config.steps if stop_after is None else int(stop_after)
     if not 0 < end <= config.steps:
         raise ConfigError(f"stop_after={stop_after} must be in [1, config.steps={config.steps}]")
-    mcfg = config.monitor
-    if "theory_b2" in mcfg and mcfg.theory_b2 is None:
-        mcfg.theory_b2 = optim.second_moment_decay(config.optimizer)
-    if "theory_b1" in mcfg and mcfg.theory_b1 is None:
-        mcfg.theory_b1 = optim.first_moment_decay(config.optimizer)
-    measure, monitor_write = _monitor_fns(mcfg)
-    every = mcfg.get("every", 0)
-    msettings = monitor.settings(mcfg) if every else None  # validated once, not every step
+    every = config.monitor.get("every", 0)
 
     mesh = mesh_lib.make_mesh(plan.mesh_shape, devices)
     tx = optim.make_optimizer(config.optimizer, config.steps, wrap_optimizer)
+    watch = None  # the monitor wraps the optimizer in the step; every = 0: no monitor code
+    if every:
+        known = monitor.theory_settings(config.optimizer.name,
+                                        optim.optimizer_hparams(config.optimizer))
+        try:
+            watch = monitor.watch(tx, config.monitor, **{
+                k: v for k, v in known.items() if config.monitor.get(k) is None})
+        except ValueError as e:
+            raise ConfigError(f"config.monitor: {e}") from e
     try:
         graphdef, init_fn, abstract, shardings = state_lib.create(config.model, tx, mesh,
                                                                   config.seed)
@@ -210,17 +198,16 @@ def _prepare(config, devices, stop_after, wrap_optimizer) -> _Setup:
     if jax.process_count() > 1:
         log.info("process %d reads rows %d-%d of each global batch of %d", jax.process_index(),
                  rows[0], rows[-1], config.batch_size)
-    plain_step, monitored_step, eval_step = step_lib.compile_steps(
-        graphdef=graphdef, tx=tx, task=plan.task, config=config, state_shardings=shardings,
+    train_step, eval_step = step_lib.compile_steps(
+        graphdef=graphdef, tx=tx, task=plan.task, state_shardings=shardings,
         batch_sharding=mesh_lib.batch_sharding(mesh), replicated=mesh_lib.replicated(mesh),
-        measure=measure)
+        watch=watch)
     return _Setup(config=config, plan=plan, mesh=mesh, end=end,
                   names=state_lib.param_names(abstract.params),
                   fingerprint=fingerprint(config, plan.task),
                   optimizer=_jsonable(config.optimizer.to_dict()), abstract=abstract,
-                  init_fn=init_fn, train_ds=train_ds, val_ds=val_ds, plain_step=plain_step,
-                  monitored_step=monitored_step, eval_step=eval_step, every=every,
-                  monitor_write=monitor_write, msettings=msettings)
+                  init_fn=init_fn, train_ds=train_ds, val_ds=val_ds, train_step=train_step,
+                  eval_step=eval_step, every=every)
 
 
 def _after_lock(setup: _Setup, workdir, holder, stopper, restart: bool) -> RunResult:
@@ -392,8 +379,8 @@ class _Run:
             clock.update(time=now, step=step)
             writer.scalars(step, train_metrics, "train")
             record = {"step": step, **train_metrics}
-            if stats and self.is_main:
-                record.update(s.monitor_write(writer.tb, step, stats, s.msettings) or {})
+            if stats is not None and self.is_main:
+                record.update(monitor.write(writer.tb, step, stats))
             bar.set_postfix(loss=f"{train_metrics['loss']:.4f}", refresh=False, **(
                 {f"{unit[:3]}/s": f"{train_metrics[f'{unit}_per_sec']:.0f}"}
                 if f"{unit}_per_sec" in train_metrics else {}))  # drawn at the next update
@@ -409,15 +396,14 @@ class _Run:
         pending, stop = None, signals_lib.NONE
         for step in range(start + 1, end + 1):
             batch = batch_of(data_iter)
-            monitored = s.every > 0 and step % s.every == 0
-            state, m, stats = (s.monitored_step if monitored else s.plain_step)(state, batch)
+            state, m, stats = s.train_step(state, batch)
             flag = stopper.poll()
             bar.update(1)
             if pending is not None:
                 record, sig = handle(pending, force=False)
                 emit(record)
                 stop = max(stop, sig)
-            pending = (step, m, stats, flag)
+            pending = (step, m, stats if s.every and step % s.every == 0 else None, flag)
             do_eval = bool(config.eval_every) and (step % config.eval_every == 0 or step == end)
             do_save = step % config.checkpoint_every == 0 or step == end
             if do_eval or do_save or stop:

@@ -183,10 +183,9 @@ def compiled_memory(config, batch_per_device: int) -> Any:
     tx = optim.make_optimizer(config.optimizer, config.steps)
     graphdef, _, abstract, shardings = state_lib.create(config.model, tx, mesh, config.seed)
     task = "lm" if config.model.name == "transformer" else "classification"
-    plain, _, _ = step_lib.compile_steps(
-        graphdef=graphdef, tx=tx, task=task, config=config, state_shardings=shardings,
-        batch_sharding=mesh_lib.batch_sharding(mesh), replicated=mesh_lib.replicated(mesh),
-        measure=None)
+    plain, _ = step_lib.compile_steps(
+        graphdef=graphdef, tx=tx, task=task, state_shardings=shardings,
+        batch_sharding=mesh_lib.batch_sharding(mesh), replicated=mesh_lib.replicated(mesh))
     if task == "lm":
         tok = jax.ShapeDtypeStruct((config.batch_size, config.seq_len), np.int32)
         batch = {"inputs": tok, "targets": tok}

@@ -1,10 +1,11 @@
 """The train step and the eval step: pure functions of pytrees, jitted with shardings.
 
 One train step: loss and gradient -> optimizer update (the registry chain, which also does any
-gradient clipping: `optimizer.max_norm`) -> (monitor) -> apply -> finiteness check of the loss,
-the gradient, the new parameters and the new optimizer state. Anything non-finite never reaches
-the state: params, rest and opt_state stay as they were and `skipped` counts it; the host decides
-(nan_policy) whether to halt or go on. So a state that is saved is always finite.
+gradient clipping: `optimizer.max_norm`; through `optaxlab.monitor.watch` when monitored) ->
+apply -> finiteness check of the loss, the gradient, the new parameters and the new optimizer
+state. Anything non-finite never reaches the state: params, rest and opt_state stay as they were
+and `skipped` counts it; the host decides (nan_policy) whether to halt or go on. So a state that
+is saved is always finite.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optaxlab import monitor
 from optaxlab.train import optim
 from optaxlab.train.state import TrainState, merge, split
 
@@ -48,8 +50,8 @@ def _all_finite(tree) -> jax.Array:
 
 
 def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransformation,
-               loss_fn: Callable, measure: Callable | None = None):
-    """One optimizer step. Returns (new state, metrics, monitor stats or {}).
+               loss_fn: Callable, watch: optax.GradientTransformation | None = None):
+    """One optimizer step. Returns (new state, metrics, the monitor's stats or None).
 
     metrics['grad_finite'] / ['param_finite'] hold one flag per parameter leaf (in
     `jax.tree.leaves(params)` order) for the gradient and the updated parameter, and
@@ -65,9 +67,14 @@ def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransfor
 
     (loss, (aux, rest)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
     grad_norm = optax.global_norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    if watch is None:
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        stats = None
+    else:  # monitor.watch(tx): its state lives for this step (checkpoints hold tx's state only)
+        watched = monitor.attach(watch, state.opt_state, state.params, state.step)
+        updates, watched = watch.update(grads, watched, state.params)
+        opt_state, stats = watched.inner, monitor.latest(watched)  # (also a non-finite step's)
     lr = optim.learning_rate(opt_state)
-    stats = measure(grads, updates, state.params, opt_state, lr, step) if measure else {}
     params = optax.apply_updates(state.params, updates)
 
     grad_finite = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
@@ -97,26 +104,19 @@ def eval_step(params, rest, batch, *, graphdef, loss_fn: Callable):
     return {k: aux[k] for k in ("loss_sum", "count", "correct") if k in aux}
 
 
-def compile_steps(*, graphdef, tx, task: str, config, state_shardings, batch_sharding,
-                  replicated, measure: Callable | None):
-    """(plain train step or None, monitored train step or None, eval step), all jitted.
-
-    The monitored variant is built only when config.monitor.every > 0, the plain one unless
-    every == 1; with every == 0 the step contains no monitor code at all.
-    """
+def compile_steps(*, graphdef, tx, task: str, state_shardings, batch_sharding,
+                  replicated, watch: optax.GradientTransformation | None = None):
+    """(train step, eval step), both jitted. With `watch` (`optaxlab.monitor.watch(tx)`) the
+    train step returns the monitor's statistics (computed on its `every`-th steps); without,
+    it contains no monitor code."""
     loss_fn = LOSSES[task]
-    every = config.monitor.get("every", 0)
-
-    def jit_train(m):
-        fn = functools.partial(train_step, graphdef=graphdef, tx=tx, loss_fn=loss_fn, measure=m)
-        return jax.jit(fn, in_shardings=(state_shardings, batch_sharding),
-                       out_shardings=(state_shardings, replicated, replicated),
-                       donate_argnums=(0,))
-
-    plain = jit_train(None) if every != 1 else None
-    monitored = jit_train(measure) if every > 0 else None
+    train = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, loss_fn=loss_fn,
+                                      watch=watch),
+                    in_shardings=(state_shardings, batch_sharding),
+                    out_shardings=(state_shardings, replicated, replicated),
+                    donate_argnums=(0,))
     evaluate = jax.jit(functools.partial(eval_step, graphdef=graphdef, loss_fn=loss_fn),
                        in_shardings=(state_shardings.params, state_shardings.rest,
                                      batch_sharding),
                        out_shardings=replicated)
-    return plain, monitored, evaluate
+    return train, evaluate

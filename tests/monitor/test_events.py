@@ -17,35 +17,32 @@ def _load(path):
     return list(event_file_loader.EventFileLoader(str(path)).Load())
 
 
-def _summary(data: bytes) -> summary_pb2.Summary:
-    return summary_pb2.Summary.FromString(data)
-
-
-def test_encoders_parse_as_tensorboards_protos():
-    long_tag = "blocks/" * 30 + "kernel-é"  # > 127 bytes: two-byte length varints
-    s = _summary(events.scalar("loss", 2.5) + events.scalar(long_tag, -1e-30))
-    assert [v.tag for v in s.value] == ["loss", long_tag]
-    assert s.value[0].simple_value == 2.5
-    assert s.value[1].simple_value == np.float32(-1e-30)
-    assert _summary(events.scalars({"a": 1.0, "b": 3.0})) == _summary(
-        events.scalar("a", 1.0) + events.scalar("b", 3.0)
-    )
-    limits = np.linspace(-4, 4, 300)  # > 127 packed doubles: multi-byte lengths
-    counts = np.arange(300.0)
-    h = _summary(events.histogram("h", -3.5, 0.0, 44850.0, 1.25, 9.5, limits, counts)).value[0]
-    want = summary_pb2.HistogramProto(
-        min=-3.5, max=0.0, num=44850.0, sum=1.25, sum_squares=9.5,
-        bucket_limit=limits.tolist(), bucket=counts.tolist(),
-    )
-    assert h.tag == "h" and h.histo == want
+def test_records_and_values_parse_back():
+    long_tag = "blocks/" * 30 + "kernel-é"
+    ev = events.event(2**40 + 3, wall_time=7.5)
+    events.add_scalars(ev.summary, {"loss": 2.5, long_tag: -1e-30, "b": 3.0})
+    limits, counts = np.linspace(-4, 4, 300), np.arange(300.0)
+    events.add_histogram(ev.summary, "h", -3.5, 0.0, 44850.0, 1.25, 9.5, limits, counts)
     rgb = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
-    im = _summary(events.image("img", rgb)).value[0].image
+    events.add_image(ev.summary, "img", rgb)
+    data = events.record(ev.SerializeToString())
+    n = struct.unpack("<Q", data[:8])[0]  # TFRecord framing: length, crc, data, crc
+    assert n == len(data) - 16
+    assert struct.unpack("<I", data[8:12])[0] == events.masked_crc32c(data[:8])
+    # the masked CRC-32C equals TensorBoard's own (pure-python) implementation's
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    assert struct.unpack("<I", data[-4:])[0] == masked_crc32c(data[12:-4])
+    back = event_pb2.Event.FromString(data[12:-4])
+    assert (back.step, back.wall_time) == (2**40 + 3, 7.5)
+    assert [v.tag for v in back.summary.value] == ["loss", long_tag, "b", "h", "img"]
+    assert back.summary.value[1].simple_value == np.float32(-1e-30)
+    assert back.summary.value[3].histo == summary_pb2.HistogramProto(
+        min=-3.5, max=0.0, num=44850.0, sum=1.25, sum_squares=9.5,
+        bucket_limit=limits.tolist(), bucket=counts.tolist())
+    im = back.summary.value[4].image
     assert (im.height, im.width, im.colorspace) == (20, 30, 3)
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(im.encoded_image_string))), rgb)
-    e = event_pb2.Event.FromString(events.event(2**40 + 3, events.scalar("x", 1.0), wall_time=7.5))
-    assert (e.step, e.wall_time, e.summary.value[0].tag) == (2**40 + 3, 7.5, "x")
-    start = event_pb2.Event.FromString(events.event(11, session_start=True))
-    assert start.step == 11 and start.session_log.status == event_pb2.SessionLog.START
 
 
 def test_writer_file_reads_back_with_tensorboard(tmp_path):
@@ -78,7 +75,8 @@ def test_corrupt_record_is_detected(tmp_path):
     loaded = _load(path)  # TensorBoard's reader checks the CRC and drops the bad record
     assert [e.HasField("summary") for e in loaded] == [False]
     n = struct.unpack("<Q", data[:8])[0]  # the framing is TFRecord's: length, crc, data, crc
-    assert n == len(events.event(0, file_version=events.FILE_VERSION, wall_time=0.0))
+    first = event_pb2.Event.FromString(bytes(data[12 : 12 + n]))
+    assert first.file_version == events.FILE_VERSION
 
 
 def test_resume_purges_the_old_runs_later_steps(tmp_path):
@@ -100,7 +98,7 @@ def test_resume_purges_the_old_runs_later_steps(tmp_path):
 
 def test_bad_input_and_closed_writer(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
-        events.image("x", np.zeros((4, 4, 3), np.float32))
+        events.add_image(events.event(1).summary, "x", np.zeros((4, 4, 3), np.float32))
     w = events.EventWriter(tmp_path)
     with pytest.raises(ValueError, match="dataformats"):
         w.add_image("x", np.zeros((4, 4, 3), np.uint8), 1, dataformats="NHWC")

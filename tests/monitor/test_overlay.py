@@ -1,4 +1,5 @@
-"""The theory overlay on seed 000's theory model, and the Section 6 shape diagnostics."""
+"""The theory overlay on the theory model of "On the Distributional Properties of Adaptive
+Gradients" (f_m, Corollaries 1-2) and its Section 6 shape diagnostics."""
 
 from typing import NamedTuple
 
@@ -22,7 +23,7 @@ class _SimpleAverageState(NamedTuple):
 
 
 def _simple_average_rmsprop(lr: float) -> optax.GradientTransformation:
-    """Seed 000's theory model: mu = 0, eps = 0, nu_t = (1/t) sum_{i<=t} g_i^2 (b2_t = (t-1)/t)."""
+    """The paper's theory model: mu = 0, eps = 0, nu_t = (1/t) sum_{i<=t} g_i^2 (b2_t = (t-1)/t)."""
 
     def init(params):
         return _SimpleAverageState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.zeros_like, params))
@@ -39,22 +40,17 @@ def _simple_average_rmsprop(lr: float) -> optax.GradientTransformation:
 def run():
     """Runs the theory model on given gradient draws; returns per-step summaries."""
     lr = 0.05
-    opt = _simple_average_rmsprop(lr)
-    cfg = monitor.default_config()
-    cfg.theory_b2 = 1.0  # simple averaging: m_eff(t) = t
-
-    @jax.jit
-    def step(g, state, params, t):
-        u, state = opt.update(g, state, params)
-        return state, monitor.measure(g, u, params, state, lr, t, cfg)
+    # b2 = 1: simple averaging, m_eff(t) = t (no b1: no pure-noise reference)
+    opt = monitor.watch(_simple_average_rmsprop(lr), learning_rate=lr, b2=1.0)
+    update = jax.jit(opt.update)
 
     def go(draw):
         params = {"w": jnp.zeros(SHAPE)}
         state, out = opt.init(params), []
         for t in range(1, STEPS + 1):
             g = {"w": jnp.asarray(draw(t), jnp.float32)}
-            state, stats = step(g, state, params, t)
-            out.append(monitor.summarize(jax.device_get(stats), cfg))
+            _, state = update(g, state, params)
+            out.append(monitor.summarize(jax.device_get(monitor.latest(state))))
         return out
 
     return go
@@ -114,10 +110,9 @@ def test_no_overlay_without_b2():
     # SGD (no second moment, no b2): histograms and moments but no theory scalars.
     params = {"w": jnp.zeros((30, 20))}
     g = {"w": jnp.asarray(np.random.default_rng(0).standard_normal((30, 20)), jnp.float32)}
-    u = jax.tree.map(lambda x: -0.1 * x, g)
-    cfg = monitor.default_config()
-    out = jax.jit(lambda g, u, p: monitor.measure(g, u, p, (), 0.1, 5, cfg))(g, u, params)
-    sc = monitor.summarize(jax.device_get(out), cfg)
+    tx = monitor.watch(optax.sgd(0.1), learning_rate=0.1)
+    sc = monitor.summarize(jax.device_get(monitor.latest(jax.jit(tx.update)(g, tx.init(params),
+                                                                              params)[1])))
     assert not any(k.startswith(("theory", "monitor/theory")) for k in sc)
     assert sc["update_var/w"] == pytest.approx(np.var(np.asarray(g["w"], np.float64)), rel=1e-4)
     assert sc["grad_norm/w"] == pytest.approx(np.linalg.norm(np.asarray(g["w"])), rel=1e-5)

@@ -17,16 +17,14 @@ def test_events_have_a_histogram_per_layer_per_logged_step(tmp_path):
         "head": {"kernel": jnp.zeros((30, 7))},
     }
     lr = 0.01
-    opt = optax.adam(lr, b1=0.0, b2=0.95, eps=0.0)
-    cfg = monitor.default_config()
-    cfg.theory_b2 = 0.95
-    cfg.image_steps = (2,)
+    opt = monitor.watch(optax.adam(lr, b1=0.0, b2=0.95, eps=0.0), learning_rate=lr, b1=0.0,
+                        b2=0.95, image_steps=(2,))
+    r, bins = 4.0, 65
 
     @jax.jit
-    def step(params, state, g, t):
+    def step(params, state, g):
         u, state = opt.update(g, state, params)
-        stats = monitor.measure(g, u, params, state, lr, t, cfg)
-        return optax.apply_updates(params, u), state, stats
+        return optax.apply_updates(params, u), state
 
     logdir = tmp_path / "tensorboard"
     writer = monitor.EventWriter(str(logdir))
@@ -34,10 +32,10 @@ def test_events_have_a_histogram_per_layer_per_logged_step(tmp_path):
     logged, returned = {}, {}
     for t in range(1, 5):
         g = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
-        params, state, stats = step(params, state, g, t)
+        params, state = step(params, state, g)
         if t != 3:  # e.g. every = 2 plus the first step: step 3 not logged
-            logged[t] = jax.device_get(stats)
-            returned[t] = monitor.write(writer, t, logged[t], cfg)
+            logged[t] = jax.device_get(monitor.latest(state))
+            returned[t] = monitor.write(writer, t, logged[t])
     writer.close()
 
     acc = ea.EventAccumulator(
@@ -53,28 +51,32 @@ def test_events_have_a_histogram_per_layer_per_logged_step(tmp_path):
         assert [e.step for e in events] == [1, 2, 4]
         for e in events:
             h = e.histogram_value
-            counts = monitor.layer_row(logged[e.step], "delta_hist", layer)
-            pos = monitor.writer.bucket_position(h.bucket_limit, cfg.delta_range, cfg.bins)
-            full = np.zeros(cfg.bins + 2)
+            counts = logged[e.step].histogram(layer)
+            pos = monitor.writer.bucket_position(h.bucket_limit, r, bins)
+            full = np.zeros(bins + 2)
             full[pos] = h.bucket
             np.testing.assert_array_equal(full, counts)  # empty end buckets left out
             assert h.num == counts.sum() == np.prod(params_shape(params, layer))
             assert h.bucket[0] > 0 and h.bucket[-1] > 0
-            assert len(h.bucket) < cfg.bins + 2
+            assert len(h.bucket) < bins + 2
             assert h.min >= -np.sqrt(e.step) - 1e-5 and h.max <= np.sqrt(e.step) + 1e-5
         assert [e.step for e in acc.Histograms(f"grad_hist/{layer}")] == [1, 2, 4]
-        tv = acc.Scalars(f"theory_tv/{layer}")
-        assert [s.step for s in tv] == [1, 2, 4]
-        np.testing.assert_allclose(
-            [s.value for s in tv], [returned[t][f"theory_tv/{layer}"] for t in (1, 2, 4)], 1e-6
-        )
+        for metric in ("theory_tv", "noise_tv"):
+            tv = acc.Scalars(f"{metric}/{layer}")
+            assert [s.step for s in tv] == [1, 2, 4]
+            np.testing.assert_allclose(
+                [s.value for s in tv], [returned[t][f"{metric}/{layer}"] for t in (1, 2, 4)], 1e-6
+            )
     for tag in ("monitor/update_var", "theory/m_eff", "update_var_abs/head/kernel", "monitor/bins"):
         assert [s.step for s in acc.Scalars(tag)] == [1, 2, 4], tag
     images = acc.Images(monitor.IMAGE_TAG)
     assert [im.step for im in images] == [2] and images[0].width > 100
     assert images[0].encoded_image_string[:4] == b"\x89PNG"
-    # no writer (e.g. process != 0): nothing written, same scalars returned
-    assert monitor.write(None, 4, logged[4], cfg) == returned[4]
+    # every tag of the returned scalars is in the file
+    assert set(tags["scalars"]) == set().union(*returned.values())
+    # no writer (e.g. process != 0): nothing written, same scalars returned; no stats: nothing
+    assert monitor.write(None, 4, logged[4]) == returned[4]
+    assert monitor.write(writer, 5, None) == {}
 
 
 def params_shape(params, layer):
@@ -92,14 +94,13 @@ def test_other_writers_get_the_same_summaries(tmp_path):
     rng = np.random.default_rng(1)
     params = {"a": {"kernel": jnp.zeros((20, 10))}, "b": {"bias": jnp.zeros((10,))}}
     grads = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
-    opt = optax.adam(0.1, b1=0.0, b2=0.9)
-    u, state = opt.update(grads, opt.init(params), params)
-    cfg = monitor.default_config()
-    cfg.theory_b2, cfg.image_steps = 0.9, ()
-    stats = jax.device_get(monitor.measure(grads, u, params, state, 0.1, 1, cfg))
+    opt = monitor.watch(optax.adam(0.1, b1=0.0, b2=0.9), learning_rate=0.1, b2=0.9,
+                        image_steps=())
+    _, state = opt.update(grads, opt.init(params), params)
+    stats = jax.device_get(monitor.latest(state))
     torch_writer = SummaryWriter(str(tmp_path / "torch"))
     ours = monitor.EventWriter(tmp_path / "ours")
-    assert monitor.write(torch_writer, 1, stats, cfg) == monitor.write(ours, 1, stats, cfg)
+    assert monitor.write(torch_writer, 1, stats) == monitor.write(ours, 1, stats)
     torch_writer.close()
     ours.close()
     accs = {}

@@ -1,4 +1,5 @@
-"""Seed 000, Section 6 (Figs. 5-7): the update law when the gradient is not iid N(0, 1).
+"""On the Distributional Properties of Adaptive Gradients, Section 6 (Figs. 5-7): the update law
+when the gradient is not iid N(0, 1).
 
 The theory model (no momentum, eps = 0, simple-average preconditioner) fed with
 g_t ~ N(0, t^2), N(0, 1/t^2) (Fig. 5, bimodality), N(-1, 1), N(-t, 1) (Fig. 6, skew) and the
@@ -6,7 +7,8 @@ standard Cauchy (Fig. 7, trimodality); histograms of Delta = (theta_t - theta_{t
 t = 1..20 over many iid coordinates. Modes are counted on a lightly smoothed histogram (peaks with
 a prominence of at least 3% of the highest smoothed bin).
 
-    python experiments/seed000_sec6_simulations.py [--out DIR] [--n 200000] [--steps 20]
+    python experiments/distributional_properties_sec6_simulations.py [--out DIR] [--n 200000]
+        [--steps 20]
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def main() -> None:
         ax.set_ylim(0, min(np.max(dens[[t - 1 for t in SHOW if t <= args.steps]]) * 1.05, 3.0))
         ax.set_xlabel(r"$\Delta$")
         ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"Seed 000 Section 6: theory-model update, {args.n} coordinates")
+    fig.suptitle(f"Distributional properties, Section 6: theory-model update, {args.n} coordinates")
     fig.tight_layout()
     files = [_common.save_fig(fig, out / "sec6_histograms.png")]
     files.append(_common.write_csv(

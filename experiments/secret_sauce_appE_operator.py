@@ -1,16 +1,18 @@
-"""Seed 004, App. E: optimizers as operators on a gradient sequence (pure filtering, no loss).
+"""In Search of Adam's Secret Sauce, App. E: optimizers as operators on a gradient sequence (pure
+filtering, no loss).
 
 The damped periodic signal g_t = exp(-t / decay) sin(2 pi t / period) is fed as the gradient of a
-scalar parameter to Adam with b1 = b2 = beta without bias correction (`adam_equal_betas`,
-seed 004's m_t / sqrt(v_t)) for several betas, to Signum (sign of the EMA) and to EMA-of-sign
-(`ema_sign`), all from `optaxlab.optimizers`; each output is the direction -u_t / lr. Printed:
-the operator properties (|A(g)| <= 1, positive-scale invariance, oddness, causality) and how
-periodic each output is once the input has decayed (max |out_t - out_{t+period}| over the last two
-periods, against the input's own decay over one period). Writing g_t = a^t c_t (a = exp(-1/decay),
-c periodic), m_t / sqrt(v_t) = sum_k (b/a)^k c_{t-k} / sqrt(sum_k (b/a^2)^k c_{t-k}^2) up to
-constants, so the output becomes exactly periodic ("blind to the decay") when beta < a^2.
+scalar parameter to Adam with b1 = b2 = beta without bias correction (`adam_equal_betas`, the
+paper's m_t / sqrt(v_t), its eq. 2) for several betas, to Signum (sign of the EMA) and to
+EMA-of-sign (`ema_sign`), all from `optaxlab.optimizers`; each output is the direction
+-u_t / lr. Printed: the operator properties (|A(g)| <= 1, positive-scale invariance, oddness,
+causality) and how periodic each output is once the input has decayed (max |out_t -
+out_{t+period}| over the last two periods, against the input's own decay over one period).
+Writing g_t = a^t c_t (a = exp(-1/decay), c periodic),
+m_t / sqrt(v_t) = sum_k (b/a)^k c_{t-k} / sqrt(sum_k (b/a^2)^k c_{t-k}^2) up to constants, so
+the output becomes exactly periodic ("blind to the decay") when beta < a^2.
 
-    python experiments/seed004_appE_operator.py [--out DIR] [--steps 400]
+    python experiments/secret_sauce_appE_operator.py [--out DIR] [--steps 400]
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ def main() -> None:
         ax.axhline(0, color="k", lw=0.5)
         ax.set_ylim(-1.1, 1.1)
         ax.legend(fontsize=8, loc="upper right", ncol=2)
-    fig.suptitle(f"Seed 004 App. E: g_t = exp(-t/{args.decay:g}) sin(2 pi t/{args.period})")
+    fig.suptitle(f"Secret Sauce App. E: g_t = exp(-t/{args.decay:g}) sin(2 pi t/{args.period})")
     fig.tight_layout()
     files = [_common.save_fig(fig, out / "appE_operator.png")]
     files.append(_common.write_csv(

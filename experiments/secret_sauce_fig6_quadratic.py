@@ -1,16 +1,17 @@
-"""Seed 004, Fig. 6: heterogeneous vs homogeneous toy quadratic; tuned SGD-momentum/Signum/Adam.
+"""In Search of Adam's Secret Sauce, Fig. 6: heterogeneous vs homogeneous toy quadratic; tuned
+SGD-momentum / Signum / Adam.
 
-The 9-dim quadratics of seed 004 App. D (three 3x3 blocks, Haar-rotated; heterogeneous spectrum
+The 9-dim quadratics of its App. D (three 3x3 blocks, Haar-rotated; heterogeneous spectrum
 [[1,2,3],[99,100,101],[4998,4999,5000]] vs homogeneous [[1,99,4998],[2,100,4999],[3,101,5000]]),
 stochastic gradients from `--batch-size` sampled rows of A = H^(1/2) (0: full batch). Each optimizer
 (`optaxlab.optimizers`: momentum, signum, adam_equal_betas) is tuned over a learning-rate x beta
 grid by the geometric mean, over seeds, of the loss averaged over the last 5% of steps. Top row:
 loss curves of the tuned configurations (median over seeds, band = min..max). Bottom row: the
 per-block mean of Adam's variance estimate s_t^2 = v^_t - m^_t^2 over time for the tuned Adam.
-Seed 004 expects Adam(b1=b2) < Signum < SGD on the heterogeneous problem, a closed gap on the
+The paper expects Adam(b1=b2) < Signum < SGD on the heterogeneous problem, a closed gap on the
 homogeneous one.
 
-    python experiments/seed004_fig6_quadratic.py [--out DIR] [--steps 2000] [--seeds 8]
+    python experiments/secret_sauce_fig6_quadratic.py [--out DIR] [--steps 2000] [--seeds 8]
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def main() -> None:
         ax.set_xlabel("step")
         ax.set_ylabel(r"mean $\hat s_t^2 = \hat v_t - \hat m_t^2$ (median over seeds)")
         ax.legend(fontsize=8)
-    fig.suptitle("Seed 004 Fig. 6: toy quadratics (App. D)")
+    fig.suptitle("Secret Sauce Fig. 6: toy quadratics (App. D)")
     fig.tight_layout()
     files = [_common.save_fig(fig, out / "fig6_quadratic.png")]
     files.append(_common.write_csv(

@@ -1,10 +1,11 @@
-"""Seed 000, Fig. 1: the law of Adam's normalized update, closed form vs Monte Carlo.
+"""On the Distributional Properties of Adaptive Gradients, Fig. 1: the law of Adam's normalized
+update, closed form vs Monte Carlo.
 
 Left: the pdf family f_m for m = 2, 3, 5, 10, 50 and the normal limit. Right: histograms of the
 theory model (no momentum, eps = 0, simple-average preconditioner, g ~ N(0, 1)) at m = 2, 3, 5, 20
 over f_m, with the Kolmogorov-Smirnov statistic of each against the closed-form cdf.
 
-    python experiments/seed000_fig1_update_pdf.py [--out DIR] [--n 200000]
+    python experiments/distributional_properties_fig1_update_pdf.py [--out DIR] [--n 200000]
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def main() -> None:
     rows = []
     fig, axes = plt.subplots(1, 5, figsize=(22, 4))
     theory.plot_pdf_family(axes[0])
-    axes[0].set_title("closed form f_m (seed 000, Thm. 1)")
+    axes[0].set_title("closed form f_m (Thm. 1)")
     for ax, row, m in zip(axes[1:], range(len(MS)), MS, strict=True):
         x = np.asarray(res.samples[row], np.float64)
         with jax.enable_x64(True):
@@ -50,7 +51,8 @@ def main() -> None:
         ax.set_title(f"m = {m}: KS D = {ks.statistic:.4f} (p = {ks.pvalue:.2f})")
         ax.set_xlabel(r"$\Delta$")
         ax.legend(loc="lower center" if m == 2 else "upper right", fontsize=8)
-    fig.suptitle(f"Seed 000 Fig. 1: update law of the theory model, {args.n} coordinates")
+    fig.suptitle(f"Distributional properties, Fig. 1: update law of the theory model, "
+                 f"{args.n} coordinates")
     files = [_common.save_fig(fig, out / "fig1_update_pdf.png")]
     header = ["m", "n", "ks_stat", "ks_pvalue", "ks_crit_1pct", "var_mc", "var_theory",
               "abs_var_mc", "abs_var_theory"]

@@ -1,12 +1,14 @@
-"""Seed 002, Fig. 3: gradient spread on f(x) = x^2 (full batch), Adam b1 = b2 = 0.99 vs SGD+mom.
+"""Gradient Spread as an Intuition for the Adam Optimizer, Fig. 3: gradient spread on f(x) = x^2
+(full batch), Adam b1 = b2 = 0.99 vs SGD+momentum.
 
 Both optimizers start at x0 = 1. For each step we measure the normalized step |Delta_t| =
 |x_t - x_{t-1}| / lr, the gradient |f'(x_t)| and the spread gamma_t = sqrt(v_t - m_t^2)/|m_t| from
 bias-corrected EMAs (beta = 0.99) of the gradient. For Adam with b1 = b2 and eps = 0 the step is
-exactly 1/sqrt(1 + gamma^2) (seed 002); for SGD it tracks the gradient instead. All variation in
-the gradient comes from the parameter's own motion: Adam oscillates around the optimum.
+exactly 1/sqrt(1 + gamma^2) (the paper's Section 2); for SGD it tracks the gradient instead. All
+variation in the gradient comes from the parameter's own motion: Adam oscillates around the
+optimum.
 
-    python experiments/seed002_fig3_spread.py [--out DIR] [--steps 1500]
+    python experiments/gradient_spread_fig3_spread.py [--out DIR] [--steps 1500]
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def main() -> None:
         print(f"{name:20s} final f = {d['loss'][-1]:.3e}; max |step - 1/sqrt(1+gamma^2)| "
               f"(t >= 2) = {np.max(err[1:]):.2e}, median = {np.median(err):.2e}; "
               f"corr(log|g|, log step) = {corr_grad:+.3f}")
-    fig.suptitle("Seed 002 Fig. 3: f(x) = x^2, full batch (color = step)")
+    fig.suptitle("Gradient spread, Fig. 3: f(x) = x^2, full batch (color = step)")
     fig.tight_layout()
     files = [_common.save_fig(fig, out / "fig3_spread.png")]
     files.append(_common.write_csv(

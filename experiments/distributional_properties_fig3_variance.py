@@ -1,4 +1,5 @@
-"""Seed 000, Fig. 3 (theory half): Var[Delta] and Var[|Delta|] vs m, Monte Carlo vs closed form.
+"""On the Distributional Properties of Adaptive Gradients, Fig. 3 (theory half): Var[Delta] and
+Var[|Delta|] vs m, Monte Carlo vs closed form.
 
 The theory model's update has Var[Delta] = 1 for every m (Corollary 1) and
 Var[|Delta|] = 1 - 4m Gamma(m/2)^2 / ((m-1)^2 pi Gamma((m-1)/2)^2) (Corollary 2), rising from
@@ -8,7 +9,8 @@ Student-t with m dof, whose variance m/(m-2) diverges at m = 2 (eq. 34).
 Monte Carlo: the theory model simulated for M steps (step m uses the first m gradients), and the
 independent-denominator ratio g_0 / sqrt(mean_{i<=m} g_i^2) for comparison.
 
-    python experiments/seed000_fig3_variance.py [--out DIR] [--n 200000] [--m-max 50]
+    python experiments/distributional_properties_fig3_variance.py [--out DIR] [--n 200000]
+        [--m-max 50]
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def main() -> None:
     ok = m >= 5  # the Student-t sample variance needs a finite 4th moment (m > 4) to settle
     axes[0].plot(m[ok], t_var_mc[ok], "^", ms=3, color="C2", label="MC independent denominator")
     axes[0].legend(fontsize=8, loc="upper right")
-    axes[0].set_title("Seed 000 Fig. 3 (theory): variances vs m")
+    axes[0].set_title("Distributional properties, Fig. 3 (theory): variances vs m")
     axes[1].plot(m[sel], abs_var_mc[sel] - abs_var[sel], "s-", ms=3, label=r"MC $-$ Cor. 2")
     axes[1].plot(m[sel], var_mc[sel] - 1.0, "o-", ms=3, label=r"MC $-$ Cor. 1")
     se = np.sqrt(2.0 / args.n)
