@@ -27,7 +27,7 @@ TINY_LM = ["--config.steps=4", "--config.batch_size=8", "--config.seq_len=32",
            "--config.log_every=1", "--config.progress_bar=false", "--config.data.num_threads=0"]
 # A run long enough to be signalled mid-way (each step is a few ms): checkpoints only at the
 # end or when stopped.
-LONG = {"steps": 200, "batch_size": 8, "seq_len": 32, "model.max_len": 32, "model.d_model": 32,
+LONG = {"steps": 300, "batch_size": 8, "seq_len": 32, "model.max_len": 32, "model.d_model": 32,
         "model.n_layers": 1, "eval_every": 0, "checkpoint_every": 1000, "log_every": 1,
         "progress_bar": False, "data.num_threads": 0, "monitor.every": 0}
 
@@ -131,6 +131,15 @@ def test_cli_bad_input_is_exit_2_with_one_line(tmp_path, args, expected):
     errors = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
     assert len(errors) == 1 and re.match(expected, errors[0]), proc.stderr[-2000:]
     assert not workdir.exists()
+
+
+def test_cli_verbose_adds_the_traceback(tmp_path):
+    workdir = tmp_path / "bad"
+    proc = run_cli("--config", "configs/lm_tiny.py", "--workdir", str(workdir), "--verbose",
+                   "--config.mesh.data=3")
+    assert proc.returncode == 2
+    assert "Traceback (most recent call last)" in proc.stderr and "ConfigError" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: config.mesh: data=3")
 
 
 def test_cli_token_ids_above_vocab_is_bad_data(tmp_path):
@@ -262,3 +271,30 @@ def test_cli_nonfinite_halt_is_exit_3(tmp_path):
                     proc.stderr.strip().splitlines()[-1])
     st = status(workdir)
     assert st["status"] == "diverged" and st["diverged_step"] == st["step"] + 1
+
+
+@pytest.mark.slow
+def test_second_sigint_aborts_at_once_without_a_checkpoint(tmp_path):
+    workdir = tmp_path / "run"
+    cmd = command("--config", "configs/lm_tiny.py", "--workdir", str(workdir),
+                  *flags({**LONG, "steps": 3000, "checkpoint_every": 3}))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: _logged_step(workdir) >= 10, proc)
+        proc.send_signal(signal.SIGINT)
+        for line in proc.stderr:  # the first one was handled: a graceful stop is under way
+            if "SIGINT received" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == \
+        "error: interrupted: a second SIGINT: aborting without a checkpoint"
+    st = status(workdir)
+    assert st["status"] == "interrupted" and st["exit_code"] == 130
+    assert st["message"].startswith(f"aborted by a second SIGINT after step {st['step']}")
+    last = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert last <= st["step"] and not (workdir / ".lock").exists()
