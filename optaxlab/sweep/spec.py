@@ -421,6 +421,12 @@ def point_config(base: ml_collections.ConfigDict, file_optimizer: ml_collections
     else:
         for key, value in opt.items():
             _set_field(cfg, f"optimizer.{key}", value, point)
+    if opt:  # the registry checks the point's optimizer block, as the trainer will
+        try:
+            config_lib.check_optimizer(cfg.optimizer)
+        except ValueError as e:
+            msg = str(e).splitlines()[0].removeprefix("config.")
+            raise SweepError(f"sweep field {msg}{f' (point {point})' if point else ''}") from e
     return cfg
 
 
