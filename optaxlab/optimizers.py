@@ -1214,10 +1214,19 @@ def prodigy(
       Mishchenko & Defazio, "Prodigy: An Expeditiously Adaptive Parameter-Free Learner", ICML
       2024.
     """
-    tx = optax.contrib.prodigy(
+    base = optax.contrib.prodigy(
         learning_rate, tuple(betas), beta3, eps, estim_lr0, estim_lr_coef, weight_decay,
         safeguard_warmup,
     )
+
+    def init_fn(params):
+        # optax's state holds the parameters themselves as params0: the same buffers, so a step
+        # that donates both the parameters and the state fails ("donate the same buffer
+        # twice"). A copy, as optax's schedule_free does for its z.
+        state = base.init(params)
+        return state._replace(params0=jax.tree.map(lambda t: t.copy(), state.params0))
+
+    tx = optax.GradientTransformationExtraArgs(init_fn, base.update)
     return _wrap(tx, max_norm, coordinate_clip, coupled_weight_decay, None)
 
 

@@ -413,8 +413,18 @@ def test_bfloat16_params_stay_bfloat16(name):
 
 @pytest.mark.parametrize("name", optimizers.names())
 def test_state_buffers_are_distinct_so_the_state_can_be_donated(name):
+    """No state buffer is another state buffer or a parameter (prodigy's params0, schedule-free's
+    z): a train step donates the parameters and the state together."""
     params = init_params()
-    state = optimizers.create(name, 0.01).init(params)
-    arrays = [x for x in jax.tree.leaves(state) if x.ndim > 0]
+    opt = optimizers.create(name, 0.01)
+    state = opt.init(params)
+    arrays = [x for x in jax.tree.leaves(state) if x.ndim > 0] + jax.tree.leaves(params)
     pointers = {x.unsafe_buffer_pointer() for x in arrays}
     assert len(pointers) == len(arrays)
+
+    def step(grads, state, params):
+        updates, state = opt.update(grads, state, params)
+        return state, optax.apply_updates(params, updates)
+
+    state, params = jax.jit(step, donate_argnums=(1, 2))(_grads(1)[0], state, params)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
