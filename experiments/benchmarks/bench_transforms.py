@@ -125,7 +125,9 @@ class Runner:
         self.step = jax.jit(step, donate_argnums=(1, 2))
         self.grads = grads
         self.params = jax.tree.map(jnp.copy, params)
-        self.state = opt.init(self.params)
+        # (init from a copy: optax's prodigy keeps the parameters themselves in its state, which
+        # could then not be donated with them; optaxlab's prodigy copies them itself)
+        self.state = opt.init(jax.tree.map(jnp.copy, params))
         lowered = self.step.lower(grads, self.state, self.params)
         self.hlo = lowered.as_text()  # no debug info
         self.copies = lowered.compile().as_text().count(" copy(")
