@@ -1,34 +1,163 @@
-"""Every optimizer the seeds study, as an ``optax.chain`` of transforms, plus a name registry.
+"""Every optimizer the papers study, the ones the community benchmarks, and a name registry.
 
 Each factory takes ``learning_rate`` (a float or an ``optax.Schedule``) and keywords, and returns
-``optax.chain(<max_norm clip>, <direction>, add_decayed_weights(weight_decay, mask),
-scale_by_learning_rate(learning_rate))``. Common keywords, accepted by every optimizer:
+an ``optax.GradientTransformation``. The papers' optimizers are chains of ``optaxlab.transforms``
+and optax transforms::
+
+    optax.chain(<max_norm clip>, <coordinate_clip>, <coupled weight decay>,   # the raw gradient
+                <direction>, add_decayed_weights(weight_decay, mask),         # decoupled decay
+                scale_by_learning_rate(learning_rate))
+
+and the others wrap optax / ``optax.contrib`` (adafactor, muon, schedule_free_adamw, ademamix,
+adopt, prodigy, lamb, adabelief, lion, ...) behind the same three raw-gradient steps.
+
+Common keywords (accepted by every optimizer unless its docstring says otherwise):
 
 - ``weight_decay``: decoupled (AdamW-style) decay, added to the direction *before* the learning
-  rate scaling, so the step is -lr (u + wd * p); ``mask`` selects the decayed leaves (optax
-  semantics). A Python ``0`` leaves the transform out, so e.g. ``adam`` has optax.adam's state.
+  rate scaling, so the step is -lr (u + wd * p). A Python ``0`` with ``mask=None`` leaves the
+  transform out, so e.g. ``adam`` has optax.adam's state. (Wrapped optax optimizers pass it to
+  optax's own ``weight_decay``, with optax's semantics: see their docstrings.)
+- ``coupled_weight_decay``: L2 regularization, torch's ``weight_decay`` in ``torch.optim.Adam``
+  and ``SGD``: g <- g + wd * p before the direction (so Adam normalizes it too).
+- ``mask``: which leaves are decayed (optax semantics: a tree of bools or a callable); the
+  registry's name for optax's ``weight_decay_mask`` too.
 - ``max_norm``: if not None, ``optax.clip_by_global_norm(max_norm)`` of the raw gradient first
-  (seed 004's "+ gradient clipping to norm 1").
+  ("+ gradient clipping to norm 1" in "In Search of Adam's Secret Sauce").
+- ``coordinate_clip``: if not None, ``clip(g, -c, c)`` per coordinate of the raw gradient, after
+  ``max_norm`` (the clip-first "CClip" variants of Adam and Signum of "Why Adam Beats SGD for
+  Attention Models"; ``sgd_cclip``'s ``clip`` is the clip *after* momentum).
 
-Registry: ``create(name, learning_rate, **hparams)``, ``names()``, ``hparams(name)``.
-All factories work under ``optax.inject_hyperparams`` (``mask`` is then a static argument when
-it is a callable: ``inject_hyperparams(adamw, static_args='mask')``).
+Registry: ``create(name, learning_rate, **hparams)``, ``names()``, ``hparams(name)``,
+``hparam_types(name)``, ``static_hparams(name)``, ``get(name)``, and ``eval_params(opt_state,
+params)`` (schedule-free's evaluation point; the identity for every other optimizer).
+
+Validation: a bad value raises ``ValueError`` with one line that starts with the keyword and the
+value and says what is valid ("learning_rate=nan: must be a finite number > 0 or an optax
+schedule", "b2=1.5: must be in [0, 1)"). Only concrete Python / numpy values are checked: JAX
+arrays (concrete or traced) and schedules pass, so every factory works under
+``optax.inject_hyperparams`` — inject every numeric hyperparameter except
+``static_hparams(name)`` (loop counts and sizes): ``optax.inject_hyperparams(get(name),
+static_args=static_hparams(name))(lr, **hparams)``. A callable ``mask`` must be static too.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
+import re
+import types
+import typing
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import optax
+import optax.contrib
 
 from optaxlab import transforms as T
-from optaxlab.transforms._checks import check_positive, is_number
+from optaxlab.transforms import _checks as C
+from optaxlab.transforms._checks import is_number
 
 ScalarOrSchedule = float | jax.Array | optax.Schedule
 Mask = Any
+
+# ------------------------------------------------------------------------ validation rules
+
+_p = functools.partial
+_DECAY = C.check_decay
+_NONNEG = C.check_nonnegative
+_BOOL = C.check_bool
+
+# keyword -> check(name, value); the same keyword means the same thing in every optimizer
+_RULES: dict[str, Callable[[str, Any], None]] = {
+    "learning_rate": C.check_learning_rate,
+    "adam_learning_rate": _p(C.check_learning_rate, optional=True),
+    **{k: _DECAY for k in ("b1", "b2", "beta", "momentum", "adam_b1", "adam_b2")},
+    "b3": _p(_DECAY, schedule=True),
+    "beta3": _p(_DECAY, optional=True),
+    "dampening": _p(_DECAY, closed=True),
+    **{k: _NONNEG for k in ("eps", "eps_root", "adam_eps_root", "variance", "c", "threshold",
+                            "initial_accumulator_value", "weight_lr_power")},
+    **{k: _p(_NONNEG, schedule=True) for k in ("weight_decay", "coupled_weight_decay",
+                                               "adam_weight_decay")},
+    "weight_decay_rate": _p(_NONNEG, optional=True, schedule=True),
+    "max_norm": _p(C.check_positive, optional=True),
+    "coordinate_clip": _p(C.check_positive, optional=True),
+    "consistent_rms": _p(C.check_positive, optional=True),
+    "clipping_threshold": _p(C.check_positive, optional=True),
+    **{k: C.check_positive for k in ("clip", "alpha", "decay_rate", "estim_lr0",
+                                     "estim_lr_coef")},
+    **{k: _BOOL for k in ("nesterov", "bias_correction", "multiply_by_parameter_scale",
+                          "factored", "safeguard_warmup", "adaptive", "use_clipping")},
+    "init": _p(C.check_choice, choices=C.INITS),
+    **{k: C.check_dtype for k in ("mu_dtype", "state_dtype", "dtype_momentum")},
+    "ns_steps": _p(C.check_int, minimum=1),
+    "min_dim_size_to_factor": _p(C.check_int, minimum=0),
+    "decay_offset": _p(C.check_int, minimum=0),
+    "warmup_steps": _p(C.check_int, minimum=0, optional=True),
+    "preconditioning": _p(C.check_choice, choices=("frobenius", "spectral", "aol", "schatten")),
+    "adam_params": C.check_regex,
+}
+
+# keywords that must stay static under optax.inject_hyperparams (Python ints that set a loop
+# count, a shape or a schedule's length; strings, bools and None are static anyway)
+_STATIC = {"ns_steps", "min_dim_size_to_factor", "warmup_steps"}
+
+
+def _check_betas(name: str, value: Any) -> None:
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        C.fail(name, value, "must be a pair (b1, b2) of numbers in [0, 1)")
+    for v in value:
+        if not isinstance(v, jax.Array):
+            try:
+                C.check_decay(name, v)
+            except ValueError:
+                C.fail(name, value, "must be a pair (b1, b2) of numbers in [0, 1)")
+
+
+_REGISTRY: dict[str, Callable[..., optax.GradientTransformation]] = {}
+
+
+def _register(**overrides: Callable[[str, Any], None]):
+    """Registers a factory under its name; every call checks its arguments (`_RULES`, with
+    per-optimizer `overrides`) before building the transformation."""
+
+    def wrap(fn):
+        sig = inspect.signature(fn)
+        rules = {k: overrides.get(k, _RULES.get(k)) for k in sig.parameters}
+
+        @functools.wraps(fn)
+        def factory(*args, **kwargs):
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            for key, value in bound.arguments.items():
+                if rules[key] is not None:
+                    rules[key](key, value)
+            return fn(*args, **kwargs)
+
+        _REGISTRY[fn.__name__] = factory
+        return factory
+
+    return wrap
+
+
+# ------------------------------------------------------------------------ chains
+
+
+def _is_zero(x: Any) -> bool:
+    return is_number(x) and x == 0
+
+
+def _pre(max_norm, coordinate_clip, coupled_weight_decay, mask) -> list:
+    """The raw-gradient steps: global-norm clip, coordinate clip, coupled (L2) weight decay."""
+    parts = []
+    if max_norm is not None:
+        parts.append(optax.clip_by_global_norm(max_norm))
+    if coordinate_clip is not None:
+        parts.append(T.clip_by_coordinate(coordinate_clip))
+    if not _is_zero(coupled_weight_decay):
+        parts.append(optax.add_decayed_weights(coupled_weight_decay, mask))
+    return parts
 
 
 def _chain(
@@ -37,32 +166,73 @@ def _chain(
     weight_decay: ScalarOrSchedule,
     mask: Mask,
     max_norm: Any,
+    coordinate_clip: Any = None,
+    coupled_weight_decay: Any = 0.0,
 ) -> optax.GradientTransformation:
-    """[global clip] -> direction -> decoupled weight decay -> -learning_rate."""
-    parts = []
-    if max_norm is not None:
-        check_positive("max_norm", max_norm)
-        parts.append(optax.clip_by_global_norm(max_norm))
-    parts += direction
-    if not (is_number(weight_decay) and weight_decay == 0 and mask is None):
+    """[raw-gradient steps] -> direction -> decoupled weight decay -> -learning_rate."""
+    parts = _pre(max_norm, coordinate_clip, coupled_weight_decay, mask) + list(direction)
+    if not (_is_zero(weight_decay) and mask is None):
         parts.append(optax.add_decayed_weights(weight_decay, mask))
     parts.append(optax.scale_by_learning_rate(learning_rate))
     return optax.chain(*parts)
 
 
+def _wrap(tx: optax.GradientTransformation, max_norm, coordinate_clip, coupled_weight_decay,
+          mask) -> optax.GradientTransformation:
+    """An optax optimizer behind the raw-gradient steps (the optimizer itself if there are none)."""
+    pre = _pre(max_norm, coordinate_clip, coupled_weight_decay, mask)
+    return optax.chain(*pre, tx) if pre else tx
+
+
+_COMMON_ARGS = """weight_decay: decoupled weight decay (-lr * wd * p), a number >= 0 or a schedule.
+      coupled_weight_decay: L2 decay added to the gradient first (torch's ``weight_decay``).
+      mask: which leaves are decayed (a tree of bools or a callable), optax semantics.
+      max_norm: global-norm clip of the raw gradient first (None: off).
+      coordinate_clip: per-coordinate clip of the raw gradient, after ``max_norm`` (None: off)."""
+
+
+def _doc(fn):
+    """Fills the common keywords' Args lines into a factory docstring."""
+    fn.__doc__ = fn.__doc__.replace("{common}", _COMMON_ARGS)
+    return fn
+
+
+_RETURNS = "The corresponding ``optax.GradientTransformation``."
+
 # --------------------------------------------------------------------------- SGD family
 
 
+@_register()
+@_doc
 def sgd(
     learning_rate: ScalarOrSchedule,
     weight_decay: ScalarOrSchedule = 0.0,
     mask: Mask = None,
     max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
-    """Plain SGD: u = g."""
-    return _chain([], learning_rate, weight_decay, mask, max_norm)
+    r"""Plain SGD (= ``optax.sgd``; with ``coupled_weight_decay``, ``torch.optim.SGD``).
+
+    .. math::
+      \theta_t = \theta_{t-1} - \eta_t g_t
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Robbins & Monro, "A Stochastic Approximation Method", 1951.
+    """
+    return _chain([], learning_rate, weight_decay, mask, max_norm, coordinate_clip,
+                  coupled_weight_decay)
 
 
+@_register()
+@_doc
 def momentum(
     learning_rate: ScalarOrSchedule,
     momentum: float = 0.9,
@@ -71,12 +241,37 @@ def momentum(
     weight_decay: ScalarOrSchedule = 0.0,
     mask: Mask = None,
     max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
-    """SGD with heavy-ball momentum, ``torch.optim.SGD`` semantics (b_1 = g_1, dampening)."""
+    r"""SGD with heavy-ball momentum, ``torch.optim.SGD`` semantics.
+
+    .. math::
+      b_1 = g_1, \quad b_t = \mu b_{t-1} + (1 - \tau) g_t, \quad
+      \theta_t = \theta_{t-1} - \eta_t\, (b_t \text{ or } g_t + \mu b_t \text{ (nesterov)})
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      momentum: mu in [0, 1).
+      dampening: tau in [0, 1] (torch's; 0 is ``optax.sgd(momentum=mu)``).
+      nesterov: Nesterov momentum (needs ``dampening=0``).
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Polyak, "Some methods of speeding up the convergence of iteration methods", 1964;
+      Sutskever et al., "On the importance of initialization and momentum in deep learning",
+      2013.
+    """
     direction = [T.trace(momentum, nesterov=nesterov, dampening=dampening)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm)
+    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
+                  coupled_weight_decay)
 
 
+@_register()
+@_doc
 def sgd_gclip(
     learning_rate: ScalarOrSchedule,
     momentum: float = 0.9,
@@ -85,12 +280,39 @@ def sgd_gclip(
     nesterov: bool = False,
     weight_decay: ScalarOrSchedule = 0.0,
     mask: Mask = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
-    """Global-norm clip of the raw gradient, then momentum (torch: clip_grad_norm_ + SGD)."""
+    r"""SGD+GClip: global-norm clip of the raw gradient, then momentum.
+
+    .. math::
+      \tilde g_t = \min(\tau / \|g_t\|, 1)\, g_t, \quad \text{then } \texttt{momentum}
+
+    (torch: ``clip_grad_norm_`` then ``torch.optim.SGD``.)
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      momentum: mu in [0, 1).
+      max_norm: tau > 0.
+      dampening: tau_d in [0, 1] (torch's).
+      nesterov: Nesterov momentum.
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Pascanu et al., "On the difficulty of training recurrent neural networks", 2013;
+      Zhang et al., "Why Adam Beats SGD for Attention Models", 2020 (GClip);
+      Orvieto & Gower, "In Search of Adam's Secret Sauce", 2025 (SGD+Gclip).
+    """
     direction = [T.trace(momentum, nesterov=nesterov, dampening=dampening)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm)
+    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
+                  coupled_weight_decay)
 
 
+@_register()
+@_doc
 def sgd_cclip(
     learning_rate: ScalarOrSchedule,
     momentum: float = 0.9,
@@ -100,29 +322,71 @@ def sgd_cclip(
     weight_decay: ScalarOrSchedule = 0.0,
     mask: Mask = None,
     max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
-    """Momentum, then a per-coordinate clip to [-clip, clip] (seed 004's SGD+Cclip)."""
-    check_positive("clip", clip)
+    r"""SGD+CClip: momentum, then a per-coordinate clip of the momentum.
+
+    .. math::
+      u_t = \operatorname{clip}(b_t, -c, c), \quad b_t \text{ the momentum buffer}
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      momentum: mu in [0, 1).
+      clip: c > 0, applied *after* momentum (``coordinate_clip`` clips the raw gradient).
+      dampening: torch's dampening in [0, 1].
+      nesterov: Nesterov momentum.
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Zhang et al., "Why Adam Beats SGD for Attention Models", 2020 (CClip);
+      Orvieto & Gower, "In Search of Adam's Secret Sauce", 2025 (SGD+Cclip, Table 1).
+    """
     direction = [
         T.trace(momentum, nesterov=nesterov, dampening=dampening),
         T.clip_by_coordinate(clip),
     ]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm)
+    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
+                  coupled_weight_decay)
 
 
 # --------------------------------------------------------------------------- sign family
 
 
+@_register()
+@_doc
 def signsgd(
     learning_rate: ScalarOrSchedule,
     weight_decay: ScalarOrSchedule = 0.0,
     mask: Mask = None,
     max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
-    """SignSGD: u = sign(g) (= optax.sign_sgd)."""
-    return _chain([optax.scale_by_sign()], learning_rate, weight_decay, mask, max_norm)
+    r"""SignSGD (= ``optax.sign_sgd``).
+
+    .. math::
+      u_t = \operatorname{sign}(g_t)
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Bernstein et al., "signSGD: Compressed Optimisation for Non-Convex Problems", ICML 2018.
+    """
+    return _chain([optax.scale_by_sign()], learning_rate, weight_decay, mask, max_norm,
+                  coordinate_clip, coupled_weight_decay)
 
 
+@_register()
+@_doc
 def signum(
     learning_rate: ScalarOrSchedule,
     beta: float = 0.9,
@@ -130,12 +394,35 @@ def signum(
     weight_decay: ScalarOrSchedule = 0.0,
     mask: Mask = None,
     max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
-    """Signum: u = sign(ema_beta(g)) (= optax.signum); ``init='first'`` is seed 004's GI."""
+    r"""Signum: the sign of an EMA of the gradient (= ``optax.signum``).
+
+    .. math::
+      m_t = \beta m_{t-1} + (1-\beta) g_t, \quad u_t = \operatorname{sign}(m_t)
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      beta: the EMA decay in [0, 1).
+      init: 'zero' (ZI, m_0 = 0) or 'first' (GI, m_1 = g_1: "In Search of Adam's Secret Sauce",
+        Table 3).
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Bernstein et al., "signSGD: Compressed Optimisation for Non-Convex Problems", ICML 2018;
+      Orvieto & Gower, "In Search of Adam's Secret Sauce", 2025.
+    """
     direction = [T.ema(beta, debias=False, init=init), optax.scale_by_sign()]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm)
+    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
+                  coupled_weight_decay)
 
 
+@_register()
+@_doc
 def ema_sign(
     learning_rate: ScalarOrSchedule,
     beta: float = 0.9,
@@ -143,12 +430,33 @@ def ema_sign(
     weight_decay: ScalarOrSchedule = 0.0,
     mask: Mask = None,
     max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
-    """EMA of the sign ("momentum on SignSGD", seed 004): u = ema_beta(sign(g))."""
+    r"""EMA of the sign ("momentum on SignSGD").
+
+    .. math::
+      u_t = \beta u_{t-1} + (1-\beta) \operatorname{sign}(g_t)
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      beta: the EMA decay in [0, 1).
+      init: 'zero' or 'first'.
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Orvieto & Gower, "In Search of Adam's Secret Sauce", 2025 (EMASign).
+    """
     direction = [optax.scale_by_sign(), T.ema(beta, debias=False, init=init)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm)
+    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
+                  coupled_weight_decay)
 
 
+@_register()
+@_doc
 def signum_fixed_mollifier(
     learning_rate: ScalarOrSchedule,
     beta: float = 0.9,
@@ -157,18 +465,40 @@ def signum_fixed_mollifier(
     weight_decay: ScalarOrSchedule = 0.0,
     mask: Mask = None,
     max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
-    """Signum with a fixed mollifier (seed 004 ablation): u = m / sqrt(m^2 + variance)."""
+    r"""Signum with a fixed mollifier, the Table 2 ablation of "In Search of Adam's Secret Sauce".
+
+    .. math::
+      m_t = \beta m_{t-1} + (1-\beta) g_t, \quad u_t = m_t / \sqrt{m_t^2 + \sigma^2}
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      beta: the EMA decay in [0, 1).
+      variance: the fixed sigma^2 >= 0 (Adam uses the tracked variance instead).
+      init: 'zero' (ZI) or 'first' (GI).
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Orvieto & Gower, "In Search of Adam's Secret Sauce", 2025 (Table 2, fixed mollifiers).
+    """
     direction = [
         T.ema(beta, debias=False, init=init),
         T.scale_by_mollified_sign(fixed_variance=variance),
     ]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm)
+    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
+                  coupled_weight_decay)
 
 
 # --------------------------------------------------------------------------- Adam family
 
 
+@_register()
+@_doc
 def rmsprop(
     learning_rate: ScalarOrSchedule,
     b2: float = 0.999,
@@ -177,21 +507,39 @@ def rmsprop(
     weight_decay: ScalarOrSchedule = 0.0,
     mask: Mask = None,
     max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
-    """RMSprop as seed 004 ran it: Adam with b1 = 0, u = g / (sqrt(v / (1 - b2^t)) + eps).
+    r"""RMSprop as "In Search of Adam's Secret Sauce" ran it: Adam with b1 = 0, in one buffer.
 
-    One buffer (``optax.scale_by_rms``, no first moment). ``bias_correction=False`` gives
-    ``torch.optim.RMSprop(alpha=b2, eps=eps)``: u = g / (sqrt(v) + eps).
+    .. math::
+      v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \quad
+      u_t = g_t / (\sqrt{v_t / (1 - \beta_2^t)} + \epsilon)
+
+    = ``torch.optim.AdamW(betas=(0, b2))``. ``bias_correction=False`` gives the torch
+    convention, ``torch.optim.RMSprop(alpha=b2, eps=eps)``: u = g / (sqrt(v) + eps).
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      b2: the second-moment decay in [0, 1).
+      eps: added outside the square root, >= 0.
+      bias_correction: divide v by 1 - b2^t (accurate in float32).
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Tieleman & Hinton, "Lecture 6.5 - RMSprop", 2012;
+      Orvieto & Gower, "In Search of Adam's Secret Sauce", 2025.
     """
-    direction = [
-        optax.scale_by_rms(
-            decay=b2, eps=eps, initial_scale=0.0, eps_in_sqrt=False,
-            bias_correction=bias_correction,
-        )
-    ]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm)
+    direction = [T.scale_by_rms(b2, eps, bias_correction=bias_correction)]
+    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
+                  coupled_weight_decay)
 
 
+@_register()
+@_doc
 def adam(
     learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
@@ -205,18 +553,56 @@ def adam(
     weight_decay: ScalarOrSchedule = 0.0,
     mask: Mask = None,
     max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
-    """Adam (= optax.adam / optax.adamw); ``bias_correction=False`` / ``init='first'`` are the
-    seed-004 ablations (ZI-BC, GI-BC)."""
+    r"""Adam / AdamW (= ``optax.adam`` / ``optax.adamw``, ``torch.optim.Adam(W)``).
+
+    .. math::
+      m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2,
+      \quad u_t = \frac{m_t / (1-\beta_1^t)}{\sqrt{v_t / (1-\beta_2^t) + \epsilon_{root}}
+      + \epsilon}
+
+    The bias corrections are computed accurately in float32 (``T.scale_by_adam``): equal to
+    optax.adam to round-off where optax's are accurate, and closer to float64 (and torch) where
+    they are not (~1e-5 relative at b2 = 0.999). The ablations of "In Search of Adam's Secret
+    Sauce", Tables 2-3, by keyword: ``eps`` (Table 2, with ``max_norm=1``),
+    ``bias_correction=False`` (ZI-BC), ``bias_correction=False, init='first'`` (GI-BC).
+    ``coupled_weight_decay`` is ``torch.optim.Adam(weight_decay=...)`` (L2),
+    ``weight_decay`` AdamW's decoupled decay; ``coordinate_clip`` the clip-first CClip variant.
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      b1: first-moment decay in [0, 1).
+      b2: second-moment decay in [0, 1).
+      eps: added outside the square root, >= 0.
+      eps_root: added inside the square root, >= 0.
+      bias_correction: divide the moments by 1 - b^t.
+      init: 'zero' (ZI) or 'first' (GI: m_1 = g_1, v_1 = g_1^2; needs bias_correction=False).
+      nesterov: NAdam's Nesterov momentum.
+      mu_dtype: dtype of the first moment (None: the gradient's).
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015;
+      Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019;
+      Orvieto & Gower, "In Search of Adam's Secret Sauce", 2025 (Tables 2-3, App. B.5).
+    """
     direction = [
         T.scale_by_adam(
             b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov,
             bias_correction=bias_correction, init=init,
         )
     ]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm)
+    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
+                  coupled_weight_decay)
 
 
+@_register()
+@_doc
 def adamw(
     learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
@@ -230,14 +616,33 @@ def adamw(
     weight_decay: ScalarOrSchedule = 1e-4,
     mask: Mask = None,
     max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
-    """AdamW: ``adam`` with optax.adamw's default ``weight_decay=1e-4``."""
+    r"""AdamW: ``adam`` with optax.adamw's default ``weight_decay=1e-4``.
+
+    .. math::
+      \theta_t = \theta_{t-1} - \eta_t (u_t^{Adam} + \lambda \theta_{t-1})
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      b1, b2, eps, eps_root, bias_correction, init, nesterov, mu_dtype: as ``adam``.
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
+    """
     return adam(
         learning_rate, b1, b2, eps, eps_root, bias_correction, init, nesterov, mu_dtype,
-        weight_decay, mask, max_norm,
+        weight_decay, mask, max_norm, coupled_weight_decay, coordinate_clip,
     )
 
 
+@_register()
+@_doc
 def adam_equal_betas(
     learning_rate: ScalarOrSchedule,
     beta: float = 0.95,
@@ -248,20 +653,46 @@ def adam_equal_betas(
     weight_decay: ScalarOrSchedule = 0.0,
     mask: Mask = None,
     max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
-    """Adam with b1 = b2 = beta as a variance-mollified sign (seed 004, Section 4):
-    chain(track_gaussian_vi(beta), scale_by_mollified_sign(c, eps), lr).
+    r"""Adam with b1 = b2 = beta as a variance-mollified sign:
+    ``chain(track_gaussian_vi(beta), scale_by_mollified_sign(c, eps), lr)``.
 
-    u = m / sqrt(m^2 + c s^2 + eps^2): with c = 1 and eps = 0 this is optax.adam(b1 = b2 = beta,
-    eps = 0) when bias corrected, and m / sqrt(v) (seed 004 eq. 2) when not.
+    .. math::
+      u_t = \frac{\hat m_t}{\sqrt{\hat m_t^2 + c\, \hat s_t^2 + \epsilon^2}}, \quad
+      s_t^2 = \beta s_{t-1}^2 + \beta (1-\beta)(g_t - m_{t-1})^2
+
+    With c = 1 and eps = 0 this is ``optax.adam(b1=b2=beta, eps=0)`` when bias corrected, and
+    m / sqrt(v) (eq. (2) of the paper) when not. The tracked mean and variance are readable
+    from the state (``GaussianVIState``).
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      beta: b1 = b2 in [0, 1).
+      eps: the additive mollifier, >= 0.
+      bias_correction: debias the tracked pair.
+      init: 'zero' (ZI) or 'first' (GI).
+      c: the variance's weight in the mollifier, >= 0.
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Orvieto & Gower, "In Search of Adam's Secret Sauce", 2025 (Section 4, Proposition 1,
+      Theorem 4.1).
     """
     direction = [
         T.track_gaussian_vi(beta, debias=bias_correction, init=init),
         T.scale_by_mollified_sign(c=c, eps=eps),
     ]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm)
+    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
+                  coupled_weight_decay)
 
 
+@_register()
+@_doc
 def laprop(
     learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
@@ -270,12 +701,37 @@ def laprop(
     weight_decay: ScalarOrSchedule = 0.0,
     mask: Mask = None,
     max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
-    """LaProp (seed 000 eq. 1-4): normalize by sqrt(n/c_n + eps), then momentum, then / c_m."""
+    r"""LaProp: normalize by the second moment, then momentum, then debias.
+
+    .. math::
+      n_t = \beta_2 n_{t-1} + (1-\beta_2) g_t^2, \quad
+      m_t = \beta_1 m_{t-1} + (1-\beta_1) \frac{g_t}{\sqrt{n_t/c_n + \epsilon}}, \quad
+      u_t = m_t / c_m
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      b1: momentum decay in [0, 1).
+      b2: second-moment decay in [0, 1).
+      eps: inside the square root, >= 0.
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Ziyin, Wang & Ueda, "LaProp: Separating Momentum and Adaptivity in Adam", 2020;
+      "On the Distributional Properties of Adaptive Gradients", eq. (1)-(4).
+    """
     direction = [T.scale_by_laprop(b1, b2, eps)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm)
+    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
+                  coupled_weight_decay)
 
 
+@_register()
+@_doc
 def acclip(
     learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
@@ -285,15 +741,41 @@ def acclip(
     weight_decay: ScalarOrSchedule = 1e-5,
     mask: Mask = None,
     max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
-    """ACClip (seed 003) with the paper's defaults (b1 0.9, b2 0.99, alpha 1, eps 1e-5, wd 1e-5)."""
+    r"""ACClip with the paper's defaults (b1 0.9, b2 0.99, alpha 1, eps 1e-5, wd 1e-5).
+
+    .. math::
+      m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad
+      \tau_t^\alpha = \beta_2 \tau_{t-1}^\alpha + (1-\beta_2)|g_t|^\alpha, \quad
+      u_t = \min(\tau_t / (|m_t| + \epsilon), 1)\, m_t
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      b1: momentum decay in [0, 1).
+      b2: threshold-moment decay in [0, 1).
+      alpha: moment order > 0.
+      eps: >= 0.
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Zhang et al., "Why Adam Beats SGD for Attention Models" ("Why are Adaptive Methods Good
+      for Attention Models?"), NeurIPS 2020.
+    """
     direction = [T.scale_by_acclip(b1, b2, alpha, eps)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm)
+    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
+                  coupled_weight_decay)
 
 
-# --------------------------------------------------------------------------- optax's own
+# --------------------------------------------------------------------------- Adam variants
 
 
+@_register()
+@_doc
 def radam(
     learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
@@ -305,14 +787,42 @@ def radam(
     weight_decay: ScalarOrSchedule = 0.0,
     mask: Mask = None,
     max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
-    """RAdam: ``optax.scale_by_radam``."""
-    direction = [
-        optax.scale_by_radam(b1, b2, eps, eps_root, threshold, nesterov=nesterov)
-    ]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm)
+    r"""RAdam (= ``optax.radam``, with accurate float32 bias corrections and rho_t).
+
+    .. math::
+      \rho_t = \rho_\infty - \frac{2 t \beta_2^t}{1-\beta_2^t}, \quad
+      u_t = r_t \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon} \text{ if } \rho_t \ge
+      \text{threshold, else } \hat m_t
+
+    (``T.scale_by_radam``: at the defaults, step 6 of a unit gradient gives -0.0258211, the
+    float64 value, where optax's float32 gives -0.0255228.)
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      b1: first-moment decay in [0, 1).
+      b2: second-moment decay in [0, 1).
+      eps: outside the square root, >= 0.
+      eps_root: inside the square root, >= 0.
+      threshold: rectify when rho_t >= threshold.
+      nesterov: Nesterov momentum.
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", ICLR 2020.
+    """
+    direction = [T.scale_by_radam(b1, b2, eps, eps_root, threshold, nesterov=nesterov)]
+    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
+                  coupled_weight_decay)
 
 
+@_register()
+@_doc
 def amsgrad(
     learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
@@ -322,12 +832,40 @@ def amsgrad(
     weight_decay: ScalarOrSchedule = 0.0,
     mask: Mask = None,
     max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
-    """AMSGrad: ``optax.scale_by_amsgrad``."""
+    r"""AMSGrad as optax defines it (``optax.scale_by_amsgrad``).
+
+    .. math::
+      \hat v^{max}_t = \max(\hat v^{max}_{t-1}, \hat v_t), \quad
+      u_t = \hat m_t / (\sqrt{\hat v^{max}_t + \epsilon_{root}} + \epsilon)
+
+    optax takes the maximum of the *bias-corrected* second moment; torch
+    (``Adam(amsgrad=True)``) takes it of the raw one and bias-corrects after, so the two differ
+    early in training.
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      b1: first-moment decay in [0, 1).
+      b2: second-moment decay in [0, 1).
+      eps: outside the square root, >= 0.
+      eps_root: inside the square root, >= 0.
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018.
+    """
     direction = [optax.scale_by_amsgrad(b1, b2, eps, eps_root)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm)
+    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
+                  coupled_weight_decay)
 
 
+@_register()
+@_doc
 def adagrad(
     learning_rate: ScalarOrSchedule,
     initial_accumulator_value: float = 0.1,
@@ -335,12 +873,34 @@ def adagrad(
     weight_decay: ScalarOrSchedule = 0.0,
     mask: Mask = None,
     max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
-    """Adagrad: ``optax.scale_by_rss``."""
+    r"""Adagrad (= ``optax.adagrad``, ``optax.scale_by_rss``).
+
+    .. math::
+      G_t = G_{t-1} + g_t^2, \quad u_t = g_t / \sqrt{G_t + \epsilon}
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      initial_accumulator_value: G_0 >= 0.
+      eps: >= 0.
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Duchi, Hazan & Singer, "Adaptive Subgradient Methods for Online Learning and Stochastic
+      Optimization", JMLR 2011.
+    """
     direction = [optax.scale_by_rss(initial_accumulator_value, eps)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm)
+    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
+                  coupled_weight_decay)
 
 
+@_register()
+@_doc
 def lion(
     learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
@@ -348,23 +908,563 @@ def lion(
     weight_decay: ScalarOrSchedule = 1e-3,
     mask: Mask = None,
     max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
-    """Lion: ``optax.scale_by_lion`` (optax.lion's default ``weight_decay=1e-3``)."""
+    r"""Lion (= ``optax.lion``, its default ``weight_decay=1e-3``).
+
+    .. math::
+      u_t = \operatorname{sign}(\beta_1 m_{t-1} + (1-\beta_1) g_t), \quad
+      m_t = \beta_2 m_{t-1} + (1-\beta_2) g_t
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      b1: interpolation of the update direction, in [0, 1).
+      b2: momentum decay, in [0, 1).
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Chen et al., "Symbolic Discovery of Optimization Algorithms", NeurIPS 2023.
+    """
     direction = [optax.scale_by_lion(b1, b2)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm)
+    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
+                  coupled_weight_decay)
+
+
+@_register()
+@_doc
+def nadamw(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: Mask = None,
+    max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
+) -> optax.GradientTransformation:
+    r"""NAdamW (= ``optax.nadamw``): AdamW with Nesterov momentum.
+
+    .. math::
+      u_t = \frac{\beta_1 m_t / (1-\beta_1^{t+1}) + (1-\beta_1) g_t / (1-\beta_1^t)}
+      {\sqrt{v_t / (1-\beta_2^t) + \epsilon_{root}} + \epsilon} + \lambda \theta_{t-1}
+
+    Same as ``adamw(nesterov=True)``: the bias corrections are accurate in float32 (equal to
+    optax.nadamw to round-off where optax's are accurate).
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      b1: first-moment decay in [0, 1).
+      b2: second-moment decay in [0, 1).
+      eps: outside the square root, >= 0.
+      eps_root: inside the square root, >= 0.
+      mu_dtype: dtype of the first moment.
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Dozat, "Incorporating Nesterov Momentum into Adam", ICLR workshop 2016;
+      Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
+    """
+    direction = [T.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=True)]
+    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
+                  coupled_weight_decay)
+
+
+@_register()
+@_doc
+def adabelief(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-16,
+    eps_root: float = 1e-16,
+    nesterov: bool = False,
+    weight_decay: ScalarOrSchedule = 0.0,
+    mask: Mask = None,
+    max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
+) -> optax.GradientTransformation:
+    r"""AdaBelief (= ``optax.adabelief``): Adam normalized by the EMA of (g - m)^2.
+
+    .. math::
+      m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad
+      s_t = \beta_2 s_{t-1} + (1-\beta_2)(g_t - m_t)^2 + \epsilon_{root}, \quad
+      u_t = \hat m_t / (\sqrt{\hat s_t} + \epsilon)
+
+    How it relates to the VI tracker of "In Search of Adam's Secret Sauce" (``adam_equal_betas``):
+    the tracker's variance is s^2_t = b s^2_{t-1} + b(1-b)(g_t - m_{t-1})^2, and since
+    g_t - m_t = b (g_t - m_{t-1}) for an EMA with decay b, that is
+    s^2_t = b s^2_{t-1} + ((1-b)/b)(g_t - m_t)^2. So with b1 = b2 = b (zero init,
+    eps_root = 0) AdaBelief's s_t is exactly b times the tracked variance: the same online
+    variance estimate, up to a constant. The directions differ: AdaBelief divides by the
+    standard deviation alone, m^ / (sqrt(b) s^), an unbounded signal-to-noise ratio, while Adam
+    with equal betas divides by sqrt(m^2 + s^2), a variance-mollified sign bounded by 1.
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      b1: first-moment decay in [0, 1).
+      b2: decay of the "belief" EMA of (g - m)^2, in [0, 1).
+      eps: outside the square root, >= 0.
+      eps_root: added to s at every step, >= 0.
+      nesterov: Nesterov momentum.
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed
+      Gradients", NeurIPS 2020.
+    """
+    direction = [optax.scale_by_belief(b1, b2, eps, eps_root, nesterov=nesterov)]
+    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
+                  coupled_weight_decay)
+
+
+@_register(alpha=_p(_NONNEG, schedule=True))
+@_doc
+def ademamix(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    b3: ScalarOrSchedule = 0.9999,
+    alpha: ScalarOrSchedule = 5.0,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    weight_decay: ScalarOrSchedule = 0.0,
+    mask: Mask = None,
+    max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
+) -> optax.GradientTransformation:
+    r"""AdEMAMix (= ``optax.contrib.ademamix``): Adam plus a slow, undebiased EMA.
+
+    .. math::
+      m^{(1)}_t = \beta_1 m^{(1)}_{t-1} + (1-\beta_1) g_t, \quad
+      m^{(2)}_t = \beta_3 m^{(2)}_{t-1} + (1-\beta_3) g_t, \quad
+      u_t = \frac{\hat m^{(1)}_t + \alpha\, m^{(2)}_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      b1: fast EMA decay in [0, 1).
+      b2: second-moment decay in [0, 1).
+      b3: slow EMA decay in [0, 1), or a schedule (the paper warms it up).
+      alpha: weight of the slow EMA, >= 0, or a schedule.
+      eps: outside the square root, >= 0.
+      eps_root: inside the square root, >= 0.
+      mu_dtype: dtype of the first moments.
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Pagliardini, Ablin & Grangier, "The AdEMAMix Optimizer: Better, Faster, Older", 2024.
+    """
+    direction = [optax.contrib.scale_by_ademamix(b1, b2, b3, alpha, eps, eps_root, mu_dtype)]
+    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
+                  coupled_weight_decay)
+
+
+@_register()
+@_doc
+def adopt(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.9999,
+    eps: float = 1e-6,
+    mu_dtype: Any = None,
+    nesterov: bool = False,
+    use_clipping: bool = True,
+    weight_decay: ScalarOrSchedule = 0.0,
+    mask: Mask = None,
+    max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
+) -> optax.GradientTransformation:
+    r"""ADOPT (= ``optax.contrib.adopt``): normalize by the *previous* second moment.
+
+    .. math::
+      m_t = \beta_1 m_{t-1} + (1-\beta_1)\,
+      \operatorname{clip}\!\left(\frac{g_t}{\max(\sqrt{v_{t-1}}, \epsilon)}, t^{1/4}\right),
+      \quad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \quad u_t = m_t
+
+    (v_0 = g_0^2 and no update at the first step; the clip, optax's default
+    ``clip_value_fn = t^0.25``, is on with ``use_clipping``.)
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      b1: momentum decay in [0, 1).
+      b2: second-moment decay in [0, 1).
+      eps: floor of the denominator, >= 0.
+      mu_dtype: dtype of the momentum.
+      nesterov: Nesterov momentum.
+      use_clipping: clip the normalized gradient to +-t^(1/4).
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Taniguchi et al., "ADOPT: Modified Adam Can Converge with Any beta2 with the Optimal
+      Rate", NeurIPS 2024.
+    """
+    direction = [optax.contrib.scale_by_adopt(
+        b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype, nesterov=nesterov, use_clipping=use_clipping
+    )]
+    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
+                  coupled_weight_decay)
+
+
+@_register()
+@_doc
+def lamb(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    eps_root: float = 0.0,
+    weight_decay: ScalarOrSchedule = 0.0,
+    mask: Mask = None,
+    max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
+) -> optax.GradientTransformation:
+    r"""LAMB (= ``optax.lamb``): Adam's direction plus weight decay, rescaled per leaf.
+
+    .. math::
+      r_t = u^{Adam}_t + \lambda \theta_{t-1}, \quad
+      \theta_t = \theta_{t-1} - \eta_t \frac{\|\theta_{t-1}\|}{\|r_t\|} r_t
+
+    ``weight_decay`` is optax.lamb's (inside the trust ratio), not appended after it.
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      b1: first-moment decay in [0, 1).
+      b2: second-moment decay in [0, 1).
+      eps: outside the square root, >= 0.
+      eps_root: inside the square root, >= 0.
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes",
+      ICLR 2020.
+    """
+    tx = optax.lamb(learning_rate, b1, b2, eps, eps_root, weight_decay, mask)
+    return _wrap(tx, max_norm, coordinate_clip, coupled_weight_decay, mask)
+
+
+@_register(
+    betas=_check_betas,
+    weight_decay=_NONNEG,
+)
+def prodigy(
+    learning_rate: ScalarOrSchedule,
+    betas: tuple[float, float] = (0.9, 0.999),
+    beta3: float | None = None,
+    eps: float = 1e-8,
+    estim_lr0: float = 1e-6,
+    estim_lr_coef: float = 1.0,
+    weight_decay: float = 0.0,
+    safeguard_warmup: bool = False,
+    max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
+) -> optax.GradientTransformation:
+    r"""Prodigy (= ``optax.contrib.prodigy``): AdamW with an estimated learning-rate scale d_t.
+
+    .. math::
+      u_t = \eta_t\, d_t\, \frac{m_t}{\sqrt{v_t} + d_t \epsilon}, \quad
+      d_t \text{ grown from } d_0 \text{ by the ratio of two running inner products}
+
+    (m, v are EMAs of d g and d^2 g^2; ``learning_rate`` multiplies the estimate, 1 is the
+    paper's choice.) No ``mask``: optax's prodigy decays every leaf.
+
+    Args:
+      learning_rate: a multiplier of the estimated step, a number > 0 or a schedule.
+      betas: (b1, b2), each in [0, 1).
+      beta3: decay of the inner-product EMAs in [0, 1) (None: sqrt(b2)).
+      eps: >= 0.
+      estim_lr0: the initial estimate d_0 > 0.
+      estim_lr_coef: a multiplier of the estimate, > 0.
+      weight_decay: optax's (coupled to d_t), >= 0.
+      safeguard_warmup: the paper's safeguard for warmup schedules.
+      max_norm: global-norm clip of the raw gradient first (None: off).
+      coupled_weight_decay: L2 decay added to the gradient first.
+      coordinate_clip: per-coordinate clip of the raw gradient (None: off).
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Mishchenko & Defazio, "Prodigy: An Expeditiously Adaptive Parameter-Free Learner", ICML
+      2024.
+    """
+    base = optax.contrib.prodigy(
+        learning_rate, tuple(betas), beta3, eps, estim_lr0, estim_lr_coef, weight_decay,
+        safeguard_warmup,
+    )
+
+    def init_fn(params):
+        # optax's state holds the parameters themselves as params0: the same buffers, so a step
+        # that donates both the parameters and the state fails ("donate the same buffer
+        # twice"). A copy, as optax's schedule_free does for its z.
+        state = base.init(params)
+        return state._replace(params0=jax.tree.map(lambda t: t.copy(), state.params0))
+
+    tx = optax.GradientTransformationExtraArgs(init_fn, base.update)
+    return _wrap(tx, max_norm, coordinate_clip, coupled_weight_decay, None)
+
+
+@_register(momentum=_p(_DECAY, optional=True))
+def adafactor(
+    learning_rate: ScalarOrSchedule,
+    min_dim_size_to_factor: int = 128,
+    decay_rate: float = 0.8,
+    decay_offset: int = 0,
+    multiply_by_parameter_scale: bool = True,
+    clipping_threshold: float | None = 1.0,
+    momentum: float | None = None,
+    dtype_momentum: str = "float32",
+    weight_decay_rate: float | None = None,
+    eps: float = 1e-30,
+    factored: bool = True,
+    mask: Mask = None,
+    max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
+) -> optax.GradientTransformation:
+    r"""Adafactor (= ``optax.adafactor``): factored second moments, relative step sizes.
+
+    .. math::
+      \hat\beta_{2,t} = 1 - t^{-c}, \quad
+      V_t \approx R_t C_t / (1^\top R_t) \text{ (row / column EMAs of } g^2 + \epsilon),
+      \quad U_t = G_t / \sqrt{V_t}
+
+    then U is clipped to RMS ``clipping_threshold``, scaled by lr (and by max(RMS(theta), 1e-3)
+    with ``multiply_by_parameter_scale``), optionally averaged with ``momentum``. Leaves smaller
+    than ``min_dim_size_to_factor`` in their two largest dimensions keep a full second moment.
+    optax's weight decay keyword is kept: ``weight_decay_rate`` is added *after* the learning
+    rate (theta -= lr u + wd theta), not multiplied by it; ``mask`` is optax's
+    ``weight_decay_mask``. No ``weight_decay`` keyword, to keep that difference visible.
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      min_dim_size_to_factor: factor only dimensions at least this large (static).
+      decay_rate: c > 0 in beta_2(t) = 1 - t^(-c).
+      decay_offset: step offset of that schedule, an integer >= 0.
+      multiply_by_parameter_scale: scale by the parameters' RMS.
+      clipping_threshold: RMS clip of the update, > 0 (None: off).
+      momentum: EMA decay of the update in [0, 1) (None: off).
+      dtype_momentum: dtype of the momentum buffer.
+      weight_decay_rate: optax's decay, >= 0 (None: off).
+      eps: regularizer of the squared gradient, >= 0.
+      factored: factor the second moment.
+      mask: optax's ``weight_decay_mask``.
+      max_norm: global-norm clip of the raw gradient first (None: off).
+      coupled_weight_decay: L2 decay added to the gradient first.
+      coordinate_clip: per-coordinate clip of the raw gradient (None: off).
+
+    Returns:
+      The corresponding ``optax.GradientTransformation``.
+
+    References:
+      Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost", ICML
+      2018.
+    """
+    tx = optax.adafactor(
+        learning_rate, min_dim_size_to_factor, decay_rate, decay_offset,
+        multiply_by_parameter_scale, clipping_threshold, momentum, dtype_momentum,
+        weight_decay_rate, eps, factored, weight_decay_mask=mask,
+    )
+    return _wrap(tx, max_norm, coordinate_clip, coupled_weight_decay, mask)
+
+
+MUON_ADAM_PARAMS = r"embed|head"
+
+
+def muon_labels(params: Any, adam_params: str | None = MUON_ADAM_PARAMS) -> Any:
+    """'muon' or 'adam' per leaf of `params`, as ``muon`` partitions them: matrices (ndim 2)
+    whose name (``keystr(path, simple=True, separator='/')``, e.g. "blocks/0/mlp/up/kernel")
+    does not match `adam_params` (``re.search``) get Muon, everything else Adam."""
+    pattern = re.compile(adam_params) if adam_params else None
+
+    def label(path, x):
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
+        if getattr(x, "ndim", None) != 2 or (pattern is not None and pattern.search(name)):
+            return "adam"
+        return "muon"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+@_register()
+def muon(
+    learning_rate: ScalarOrSchedule,
+    ns_coeffs: tuple[float, float, float] | str = (3.4445, -4.775, 2.0315),
+    ns_steps: int = 5,
+    beta: float = 0.95,
+    eps: float = 1e-8,
+    weight_decay: ScalarOrSchedule = 0.0,
+    mask: Mask = None,
+    mu_dtype: Any = None,
+    nesterov: bool = True,
+    adaptive: bool = False,
+    preconditioning: str = "frobenius",
+    adam_b1: float = 0.9,
+    adam_b2: float = 0.999,
+    adam_eps_root: float = 0.0,
+    adam_weight_decay: ScalarOrSchedule = 0.0,
+    adam_learning_rate: ScalarOrSchedule | None = None,
+    consistent_rms: float | None = None,
+    adam_params: str | None = MUON_ADAM_PARAMS,
+    max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
+) -> optax.GradientTransformation:
+    r"""Muon (= ``optax.contrib.muon``): orthogonalized momentum for matrices, Adam for the rest.
+
+    .. math::
+      B_t = \beta B_{t-1} + G_t, \quad
+      O_t = \operatorname{NewtonSchulz}_k(G_t + \beta B_t \text{ (nesterov) or } B_t)
+      \approx U V^\top, \quad
+      \Theta_t = \Theta_{t-1} - \eta_t (\sqrt{\max(1, n_{out}/n_{in})}\, O_t + \lambda
+      \Theta_{t-1})
+
+    for the Muon leaves; every other leaf is updated by AdamW (``adam_*`` keywords, optax's
+    fallback). Which leaves are Muon's: 2-D leaves whose name (``keystr(path, simple=True,
+    separator='/')``) does not match the regular expression ``adam_params`` (``re.search``).
+    The default ``"embed|head"`` sends the embedding and the output head to Adam, the usual
+    convention (Muon is meant for hidden matrices); ``adam_params=None`` is optax's own rule
+    (every 2-D leaf is Muon's). A string, so a config can set it; see ``muon_labels``.
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule.
+      ns_coeffs: Newton-Schulz coefficients (a, b, c), or an optax preset name.
+      ns_steps: Newton-Schulz iterations, an integer >= 1 (static).
+      beta: momentum decay in [0, 1).
+      eps: added to the Frobenius norm before Newton-Schulz, and Adam's eps, >= 0.
+      weight_decay: decoupled decay of the Muon leaves (optax's), >= 0.
+      mask: optax's ``weight_decay_mask`` (Muon leaves).
+      mu_dtype: dtype of the momentum.
+      nesterov: Nesterov momentum.
+      adaptive: scale by the dual norm of the update.
+      preconditioning: 'frobenius', 'spectral', 'aol' or 'schatten'.
+      adam_b1, adam_b2, adam_eps_root, adam_weight_decay: the Adam fallback's hparams.
+      adam_learning_rate: the Adam fallback's learning rate (None: ``learning_rate``).
+      consistent_rms: scale to a shape-independent RMS (None: width scaling).
+      adam_params: regular expression of the leaf names that use Adam (None: only non-2-D).
+      max_norm: global-norm clip of the raw gradient first (None: off).
+      coupled_weight_decay: L2 decay added to the gradient first.
+      coordinate_clip: per-coordinate clip of the raw gradient (None: off).
+
+    Returns:
+      The corresponding ``optax.GradientTransformation`` (an ``optax.partition`` of 'muon'
+      and 'adam').
+
+    References:
+      Jordan et al., "Muon: An optimizer for hidden layers in neural networks", 2024;
+      Liu et al., "Muon is Scalable for LLM Training", 2025.
+    """
+    if adam_params is None:
+        dims = None
+    else:
+        def dims(params):  # None: the leaf goes to Adam (optax's convention)
+            labels = muon_labels(params, adam_params)
+            return jax.tree.map(
+                lambda lab: optax.contrib.MuonDimensionNumbers() if lab == "muon" else None,
+                labels,
+            )
+
+    tx = optax.contrib.muon(
+        learning_rate, ns_coeffs, ns_steps, beta, eps, weight_decay, mask, mu_dtype,
+        nesterov=nesterov, adaptive=adaptive, preconditioning=preconditioning,
+        adam_b1=adam_b1, adam_b2=adam_b2, adam_eps_root=adam_eps_root,
+        adam_weight_decay=adam_weight_decay, adam_learning_rate=adam_learning_rate,
+        muon_weight_dimension_numbers=dims, consistent_rms=consistent_rms,
+    )
+    return _wrap(tx, max_norm, coordinate_clip, coupled_weight_decay, mask)
+
+
+@_register(b1=_p(_DECAY, positive=True))
+@_doc
+def schedule_free_adamw(
+    learning_rate: ScalarOrSchedule,
+    warmup_steps: int | None = None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_lr_power: float = 2.0,
+    state_dtype: Any = None,
+    mask: Mask = None,
+    max_norm: float | None = None,
+    coupled_weight_decay: ScalarOrSchedule = 0.0,
+    coordinate_clip: float | None = None,
+) -> optax.GradientTransformation:
+    r"""Schedule-free AdamW (= ``optax.contrib.schedule_free_adamw``).
+
+    .. math::
+      y_t = (1-\beta_1) z_t + \beta_1 x_t, \quad
+      z_{t+1} = z_t - \eta_t\, (\text{RMSprop}(\nabla f(y_t)) + \lambda y_t), \quad
+      x_{t+1} = (1 - c_{t+1}) x_t + c_{t+1} z_{t+1}
+
+    with c_{t+1} = eta_max^p / sum of eta_max^p so far (p = ``weight_lr_power``). The
+    parameters the optimizer sees and updates are y; **evaluate at x**:
+    ``eval_params(opt_state, params)`` (optax's ``schedule_free_eval_params``, found anywhere in
+    the state). Use a constant learning rate after warmup (no decay): the averaging replaces the
+    schedule. Built as optax's alias is, from ``optax.contrib.schedule_free`` around
+    chain(scale_by_rms, add_decayed_weights(weight_decay, mask), scale_by_learning_rate), so
+    that ``mask`` works.
+
+    Args:
+      learning_rate: eta, a number > 0 or a schedule (warmup, no decay).
+      warmup_steps: if given, a linear warmup of that many steps to ``learning_rate`` (a
+        number), as optax's alias (static).
+      b1: interpolation weight in (0, 1).
+      b2: second-moment decay in [0, 1).
+      eps: outside the square root, >= 0.
+      weight_lr_power: p >= 0.
+      state_dtype: dtype of z (None: the parameters').
+      {common}
+
+    Returns:
+      The corresponding ``optax.GradientTransformationExtraArgs``.
+
+    References:
+      Defazio et al., "The Road Less Scheduled", NeurIPS 2024.
+    """
+    if warmup_steps is not None:
+        if callable(learning_rate):
+            C.fail("warmup_steps", warmup_steps,
+                   "needs a number as learning_rate (a schedule brings its own warmup)")
+        learning_rate = optax.warmup_constant_schedule(0.0, learning_rate, warmup_steps)
+    base = optax.chain(
+        optax.scale_by_rms(decay=b2, eps=eps, eps_in_sqrt=False, bias_correction=True),
+        optax.add_decayed_weights(weight_decay, mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+    tx = optax.contrib.schedule_free(
+        base, learning_rate, b1=b1, weight_lr_power=weight_lr_power, state_dtype=state_dtype
+    )
+    return _wrap(tx, max_norm, coordinate_clip, coupled_weight_decay, mask)
 
 
 # --------------------------------------------------------------------------- registry
-
-_REGISTRY: dict[str, Callable[..., optax.GradientTransformation]] = {
-    f.__name__: f
-    for f in (
-        sgd, momentum, sgd_gclip, sgd_cclip,
-        signsgd, signum, ema_sign, signum_fixed_mollifier,
-        rmsprop, adam, adamw, adam_equal_betas, laprop, acclip,
-        radam, amsgrad, adagrad, lion,
-    )
-}
 
 
 def names() -> list[str]:
@@ -384,6 +1484,35 @@ def hparams(name: str) -> dict[str, Any]:
     return {k: p.default for k, p in sig.parameters.items() if k != "learning_rate"}
 
 
+def _base_type(hint: Any) -> type | None:
+    """The plain Python type of an annotation: float for ``float | None`` and for
+    ``float | jax.Array | optax.Schedule`` (arrays and schedules are not config values), tuple
+    for ``tuple[float, float]``; None if there is no single one (``Any``, ``tuple | str``)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        kinds = {_base_type(a) for a in typing.get_args(hint) if a is not type(None)} - {None}
+        return kinds.pop() if len(kinds) == 1 else None
+    if origin in (tuple, list):
+        return origin
+    if isinstance(hint, type) and hint not in (jax.Array, Any) and origin is None:
+        return hint
+    return None
+
+
+def hparam_types(name: str) -> dict[str, type | None]:
+    """The Python type a config field needs for each keyword of ``name`` (from the factory's
+    annotations: ``float`` for ``float | None``; None where several types are valid, e.g. a
+    number or a schedule, or a mask)."""
+    hints = typing.get_type_hints(inspect.unwrap(_factory(name)))
+    return {key: _base_type(hints[key]) if key in hints else None for key in hparams(name)}
+
+
+def static_hparams(name: str) -> tuple[str, ...]:
+    """Keywords of ``name`` that must stay static under ``optax.inject_hyperparams`` (integer
+    loop counts, sizes and schedule lengths): pass them as ``static_args``."""
+    return tuple(k for k in hparams(name) if k in _STATIC)
+
+
 def get(name: str) -> Callable[..., optax.GradientTransformation]:
     """The factory function registered as ``name`` (e.g. to wrap in inject_hyperparams)."""
     return _factory(name)
@@ -394,10 +1523,14 @@ def create(
 ) -> optax.GradientTransformation:
     """Build optimizer ``name`` with ``learning_rate`` (float or schedule) and keywords.
 
+    Bad values raise a one-line ``ValueError`` (see the module docstring); an unknown name or
+    keyword one listing the valid ones.
+
     ``optax.inject_hyperparams(create)(name, learning_rate=lr, **kw)`` works: it injects
     ``learning_rate`` (readable as ``state.hyperparams['learning_rate']``) and passes the other
     keywords, statically, as one dict named ``kwargs``, which is unpacked here. To inject other
-    hyperparameters too, wrap the factory: ``inject_hyperparams(get(name))(lr, b1=...)``.
+    hyperparameters too, wrap the factory:
+    ``inject_hyperparams(get(name), static_args=static_hparams(name))(lr, b1=...)``.
     """
     factory = _factory(name)
     if set(kwargs) == {"kwargs"} and isinstance(kwargs["kwargs"], dict):
@@ -410,3 +1543,23 @@ def create(
             f"{', '.join(valid)}."
         )
     return factory(learning_rate, **kwargs)
+
+
+def eval_params(opt_state: optax.OptState, params: optax.Params) -> optax.Params:
+    """The parameters to evaluate the model at: schedule-free's x (``optax.contrib.
+    schedule_free_eval_params``) when the state holds a ``ScheduleFreeState`` (looked up
+    anywhere: inside chains, ``inject_hyperparams``, ``MultiSteps``, wrappers), else `params`
+    itself. Call it on the host or inside jit; it allocates only for schedule-free."""
+    found = [
+        s for s in jax.tree.leaves(
+            opt_state, is_leaf=lambda x: isinstance(x, optax.contrib.ScheduleFreeState)
+        )
+        if isinstance(s, optax.contrib.ScheduleFreeState)
+    ]
+    if not found:
+        return params
+    if len(found) > 1:
+        raise ValueError(
+            f"opt_state holds {len(found)} schedule-free states; eval_params needs exactly one."
+        )
+    return optax.contrib.schedule_free_eval_params(found[0], params)

@@ -84,7 +84,8 @@ def test_bad_values_raise(name, kw):
 def test_inject_hyperparams_around_create_exposes_learning_rate(name):
     params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
     sched = optax.linear_schedule(0.1, 0.0, 10)
-    opt = optax.inject_hyperparams(optimizers.create)(name, learning_rate=sched, weight_decay=0.1)
+    kw = {"weight_decay": 0.1} if "weight_decay" in optimizers.hparams(name) else {}
+    opt = optax.inject_hyperparams(optimizers.create)(name, learning_rate=sched, **kw)
     state = opt.init(params)
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
     step = jax.jit(opt.update)
@@ -144,12 +145,12 @@ AGAINST_OPTAX = [
     ("signsgd", {}, lambda lr: optax.sign_sgd(lr)),
     ("signum", {"beta": 0.9}, lambda lr: optax.signum(lr, beta=0.9)),
     ("adam", {"b1": 0.9, "b2": 0.99, "eps": 1e-8}, lambda lr: optax.adam(lr, 0.9, 0.99, 1e-8)),
-    ("adam", {"nesterov": True}, lambda lr: optax.adam(lr, nesterov=True)),
-    ("adamw", {"weight_decay": 0.1, "mask": WD_MASK},
-     lambda lr: optax.adamw(lr, weight_decay=0.1, mask=WD_MASK)),
+    ("adam", {"b2": 0.99, "nesterov": True}, lambda lr: optax.adam(lr, b2=0.99, nesterov=True)),
+    ("adamw", {"b2": 0.99, "weight_decay": 0.1, "mask": WD_MASK},
+     lambda lr: optax.adamw(lr, b2=0.99, weight_decay=0.1, mask=WD_MASK)),
     ("rmsprop", {"b2": 0.99, "eps": 1e-6}, lambda lr: optax.adam(lr, b1=0.0, b2=0.99, eps=1e-6)),
     ("adam_equal_betas", {"beta": 0.9}, lambda lr: optax.adam(lr, b1=0.9, b2=0.9, eps=0.0)),
-    ("radam", {}, lambda lr: optax.radam(lr)),
+    ("radam", {"b2": 0.95}, lambda lr: optax.radam(lr, b2=0.95)),
     ("amsgrad", {}, lambda lr: optax.amsgrad(lr)),
     ("adagrad", {}, lambda lr: optax.adagrad(lr)),
     ("lion", {"weight_decay": 0.01}, lambda lr: optax.lion(lr, weight_decay=0.01)),
@@ -160,7 +161,10 @@ AGAINST_OPTAX = [
     "name,kw,ref", AGAINST_OPTAX, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(AGAINST_OPTAX)]
 )
 def test_matches_optax_alias(name, kw, ref):
-    """Gaussian and Student-t(1.5) streams, 120 steps, cosine learning-rate schedule."""
+    """Gaussian and Student-t(1.5) streams, 120 steps, cosine learning-rate schedule. Where
+    optaxlab computes the bias correction more accurately (adam, rmsprop, radam), b2 is one
+    where optax's float32 correction is accurate too (see tests/transforms/test_precision.py
+    for b2 = 0.999)."""
     g = streams(seed=11)
     ours, _ = run(optimizers.create(name, SCHEDULE, **kw), g)
     theirs, _ = run(ref(SCHEDULE), g)
@@ -236,12 +240,13 @@ def test_decoupled_weight_decay_and_schedule(name):
     ours, _ = run(optimizers.create(name, SCHEDULE, weight_decay=wd, mask=WD_MASK, **kw), g, p0)
     ours, g = {k: v[0] for k, v in ours.items()}, {k: v[0] for k, v in g.items()}
     # replay: same direction, our own decay term, on the same trajectory
-    direction = optimizers.create(name, -1.0, weight_decay=0.0, **kw)  # -(-1) * u = u
+    direction = optimizers.create(name, 1.0, weight_decay=0.0, **kw)  # -1 * u
     state, step = direction.init(p0), jax.jit(direction.update)
     p = p0
     for t in range(30):
         gt = {k: jnp.asarray(v[t]) for k, v in g.items()}
         u, state = step(gt, state, p)
+        u = jax.tree.map(jnp.negative, u)
         expected = {
             k: -SCHEDULE(t) * (u[k] + (wd * p[k] if WD_MASK[k] else 0.0)) for k in u
         }
@@ -268,6 +273,8 @@ SOLVE_KW = {  # learning rates as in optax's alias tests where the optimizer is 
     "amsgrad": {"learning_rate": 1e-1},
     "adagrad": {"learning_rate": 1.0},
     "lion": {"learning_rate": 1e-2, "weight_decay": 1e-4},
+    "lamb": {"learning_rate": 1e-3},
+    "prodigy": {"learning_rate": 0.1},  # a multiplier of the estimated step
 }
 
 
@@ -285,8 +292,8 @@ def _minimize(opt, f, x0, steps=10_000):
         u, s = opt.update(jax.grad(f)(x), s, x)
         return (optax.apply_updates(x, u), s), None
 
-    (x, _), _ = jax.lax.scan(body, (x0, opt.init(x0)), None, length=steps)
-    return x
+    (x, s), _ = jax.lax.scan(body, (x0, opt.init(x0)), None, length=steps)
+    return optimizers.eval_params(s, x)  # x itself but for schedule-free
 
 
 @pytest.mark.parametrize("name", optimizers.names())
@@ -341,13 +348,16 @@ def test_masked_multisteps_inject_and_jit(name):
     lr = 0.01
     opt = optimizers.create(name, lr)
     grads = _grads(4)
+    # schedule-free's update is a difference of parameter-sized numbers (y_new - y): its
+    # round-off is absolute, ~1 ulp of the parameters
+    atol = 3e-7 if name == "schedule_free_adamw" else 1e-7
 
     # optax.masked: masked leaves see the optimizer on the sub-tree, the rest passes through
     us_masked, _ = _steps(optax.masked(opt, MASK), grads, params)
     sub = lambda t: {k: v for k, v in t.items() if MASK[k]}
     us_sub, _ = _steps(opt, [sub(g) for g in grads], sub(params))
     for u, u_sub, g in zip(us_masked, us_sub, grads, strict=True):
-        _tree_close(sub(u), u_sub)
+        _tree_close(sub(u), u_sub, atol=atol)
         np.testing.assert_array_equal(u["b"], g["b"])
 
     # optax.MultiSteps(k=2): every second step applies the update of the mean gradient
@@ -357,14 +367,16 @@ def test_masked_multisteps_inject_and_jit(name):
     us_plain, _ = _steps(opt, means, params)
     for i in (0, 2):
         jax.tree.map(lambda x: np.testing.assert_array_equal(x, 0.0), us_multi[i])
-        _tree_close(us_multi[i + 1], us_plain[i // 2], rtol=1e-5, atol=1e-6)
+        _tree_close(us_multi[i + 1], us_plain[i // 2], rtol=1e-5, atol=max(atol, 1e-6))
 
-    # optax.inject_hyperparams around the factory: same numbers, hyperparameters in the state
-    injected = optax.inject_hyperparams(optimizers.get(name))(learning_rate=lr)
+    # optax.inject_hyperparams around the factory: every numeric hparam injected (traced) but
+    # the static ones; same numbers, hyperparameters in the state
+    static = optimizers.static_hparams(name)
+    injected = optax.inject_hyperparams(optimizers.get(name), static_args=static)(learning_rate=lr)
     us_inj, state = _steps(injected, grads, params)
     us_ref, _ = _steps(opt, grads, params)
-    _tree_close(us_inj, us_ref, rtol=1e-5, atol=1e-7)
-    numeric = {k for k, v in optimizers.hparams(name).items() if is_number(v)}
+    _tree_close(us_inj, us_ref, rtol=1e-5, atol=atol)
+    numeric = {k for k, v in optimizers.hparams(name).items() if is_number(v)} - set(static)
     assert numeric | {"learning_rate"} <= set(state.hyperparams)
     assert float(state.hyperparams["learning_rate"]) == pytest.approx(lr)
 
@@ -384,21 +396,35 @@ def test_inject_hyperparams_with_flags():
 @pytest.mark.parametrize("name", optimizers.names())
 def test_bfloat16_params_stay_bfloat16(name):
     params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), init_params())
-    opt = optimizers.create(name, 0.01, weight_decay=0.01)
+    wd = "weight_decay" if "weight_decay" in optimizers.hparams(name) else "weight_decay_rate"
+    opt = optimizers.create(name, 0.01, **{wd: 0.01})
     us, state = _steps(opt, _grads(3, dtype=jnp.bfloat16), params)
     for u in us:
         assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(u))
     new = optax.apply_updates(params, us[-1])
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(new))
-    floats = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
+    floats = [  # (muon keeps its 3 Newton-Schulz coefficients, not a buffer, in float32)
+        x for p, x in jax.tree_util.tree_leaves_with_path(state)
+        if jnp.issubdtype(x.dtype, jnp.floating) and "ns_coeffs" not in jax.tree_util.keystr(p)
+    ]
     assert all(x.dtype == jnp.bfloat16 for x in floats), {x.dtype for x in floats}
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(new))
 
 
 @pytest.mark.parametrize("name", optimizers.names())
 def test_state_buffers_are_distinct_so_the_state_can_be_donated(name):
+    """No state buffer is another state buffer or a parameter (prodigy's params0, schedule-free's
+    z): a train step donates the parameters and the state together."""
     params = init_params()
-    state = optimizers.create(name, 0.01).init(params)
-    arrays = [x for x in jax.tree.leaves(state) if x.ndim > 0]
+    opt = optimizers.create(name, 0.01)
+    state = opt.init(params)
+    arrays = [x for x in jax.tree.leaves(state) if x.ndim > 0] + jax.tree.leaves(params)
     pointers = {x.unsafe_buffer_pointer() for x in arrays}
     assert len(pointers) == len(arrays)
+
+    def step(grads, state, params):
+        updates, state = opt.update(grads, state, params)
+        return state, optax.apply_updates(params, updates)
+
+    state, params = jax.jit(step, donate_argnums=(1, 2))(_grads(1)[0], state, params)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))

@@ -134,6 +134,36 @@ CASES = {
         lambda ps: torch.optim.AdamW(ps, lr=LR, betas=(0.0, 0.99), eps=1e-8, weight_decay=0.1),
         None, None,
     ),
+    # torch's default b2 = 0.999: torch computes 1 - b^t in float64; optax's float32 one is
+    # ~1e-5 off there, ours (-expm1(t log b)) is not
+    "adam-default-betas": (
+        optimizers.create("adam", LR), lambda ps: torch.optim.Adam(ps, lr=LR), None, None,
+    ),
+    "rmsprop-default-b2-as-adamw": (
+        optimizers.create("rmsprop", LR, weight_decay=0.1),
+        lambda ps: torch.optim.AdamW(ps, lr=LR, betas=(0.0, 0.999), weight_decay=0.1),
+        None, None,
+    ),
+    # coupled (L2) weight decay: torch's weight_decay in Adam and SGD
+    "adam-coupled-weight-decay": (
+        optimizers.create("adam", LR, b2=0.99, coupled_weight_decay=0.1),
+        lambda ps: torch.optim.Adam(ps, lr=LR, betas=(0.9, 0.99), weight_decay=0.1),
+        None, None,
+    ),
+    "momentum-coupled-weight-decay": (
+        optimizers.create("momentum", LR, momentum=0.9, coupled_weight_decay=0.1),
+        lambda ps: torch.optim.SGD(ps, lr=LR, momentum=0.9, weight_decay=0.1), None, None,
+    ),
+    # clip-first: a per-coordinate clip of the raw gradient, then Adam (clip_grad_value_)
+    "adam-coordinate-clip": (
+        optimizers.create("adam", LR, coordinate_clip=0.5),
+        lambda ps: torch.optim.Adam(ps, lr=LR),
+        lambda ps: torch.nn.utils.clip_grad_value_(ps, 0.5), None,
+    ),
+    "signum-coordinate-clip": (
+        optimizers.create("signum", LR, beta=0.9, coordinate_clip=0.5),
+        None, lambda ps: torch.nn.utils.clip_grad_value_(ps, 0.5), _signum_manual(LR, 0.9),
+    ),
     "rmsprop-torch": (
         optimizers.create("rmsprop", LR, b2=0.99, eps=1e-8, bias_correction=False),
         lambda ps: torch.optim.RMSprop(ps, lr=LR, alpha=0.99, eps=1e-8), None, None,

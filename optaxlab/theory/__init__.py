@@ -3,14 +3,20 @@
 Imports nothing else of optaxlab at import time (DESIGN.md, direction of imports); optimizer names
 are resolved lazily through `optaxlab.optimizers` inside the functions that take them.
 
-- update_law: the law of Adam's normalized update under seed 000's theory model (pdf, cdf, bin
-  probabilities, moments, the Beta law of K, EMA effective sample size).
+- update_law: the law of Adam's normalized update under the theory model of "On the Distributional
+  Properties of Adaptive Gradients"
+  (pdf, cdf, bin probabilities, moments, the Beta law of K, EMA effective sample size); float64
+  for host (Python / numpy) inputs, the inputs' dtype (float32) for JAX arrays and under jit.
 - simulate: a jitted Monte Carlo of any optimizer's normalized update on iid coordinates, fed by a
   gradient process (Gaussian with time-varying mean/std, Cauchy, Student-t, stable, Pareto, ...).
-- spread: seed 002's gradient spread gamma and the predicted step 1/sqrt(1 + gamma^2).
-- heavy_tails: seed 003's noise norms, variance against sample size, tail-index estimators.
-- equal_betas: seed 004's sequence-operator view (App. E) and online Gaussian VI (Theorem 4.1).
-- quadratic: seed 004's toy quadratics (App. D) and a vmapped optimizer runner.
+- spread: the gradient spread gamma of "Gradient Spread as an Intuition for the Adam Optimizer" and
+  the predicted step 1/sqrt(1 + gamma^2).
+- heavy_tails: the noise norms, variance against sample size and tail-index estimators of
+  "Why Adam Beats SGD for Attention Models".
+- equal_betas: the sequence-operator view (App. E) and online Gaussian VI (Theorem 4.1) of
+  "In Search of Adam's Secret Sauce".
+- quadratic: the toy quadratics of "In Search of Adam's Secret Sauce" (App. D) and a vmapped
+  optimizer runner.
 - plots: matplotlib helpers for the pdf family and the variance curves (matplotlib loaded lazily).
 """
 

@@ -1,4 +1,4 @@
-"""Equal betas (seed 004, "In Search of Adam's Secret Sauce"): the sequence-operator view (App. E)
+"""Equal betas ("In Search of Adam's Secret Sauce"): the sequence-operator view (App. E)
 and the online Gaussian variational-inference reading of Adam (Theorem 4.1).
 
 With b1 = b2 = b and zero init, Adam without bias correction maps a gradient sequence g_1..g_T to
@@ -69,10 +69,11 @@ def filter_sequence(
 
 
 def adam_equal_betas_operator(signal, beta: float, bias_correction: bool = False) -> jax.Array:
-    """A_b(g)_t = m_t / sqrt(v_t) along axis 0 (seed 004 App. E; 0 where v_t = 0).
+    """A_b(g)_t = m_t / sqrt(v_t) along axis 0 ("In Search of Adam's Secret Sauce", App. E; 0 where
+    v_t = 0).
 
     With `bias_correction` it is m^_t / sqrt(v^_t) = optax.adam(b1 = b2 = beta, eps = 0)'s
-    direction; without, seed 004's eq. (2). Closed-form reference for `filter_sequence`.
+    direction; without, eq. (2) of the paper. Closed-form reference for `filter_sequence`.
     """
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"beta={beta!r} is invalid: it must lie in [0, 1).")
@@ -101,7 +102,8 @@ def damped_periodic(
 
 
 def vi_update(m_prev, s2_prev, g, beta):
-    """One step of online Gaussian VI (seed 004, Theorem 4.1), b = 1/(1 + lam).
+    """One step of online Gaussian VI ("In Search of Adam's Secret Sauce", Theorem 4.1),
+    b = 1/(1 + lam).
 
     m_t = b m_{t-1} + (1-b) g_t,  s_t^2 = b s_{t-1}^2 + b (1-b) (g_t - m_{t-1})^2.
     """
@@ -111,7 +113,9 @@ def vi_update(m_prev, s2_prev, g, beta):
 
 
 def vi_objective(m, s2, m_prev, s2_prev, g, lam):
-    """-log N(g; m, s2) + (1/lam) KL(N(m_prev, s2_prev) || N(m, s2)) (seed 004, Theorem 4.1).
+    """-log N(g; m, s2) + (1/lam) KL(N(m_prev, s2_prev) || N(m, s2)) ("In Search of Adam's Secret
+    Sauce",
+    Theorem 4.1).
 
     Its minimizer over (m, s2) is `vi_update(m_prev, s2_prev, g, 1/(1+lam))`.
     """

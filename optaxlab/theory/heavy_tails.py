@@ -1,6 +1,6 @@
-"""Heavy-tail diagnostics of gradient noise (seed 003, "Why Adam Beats SGD for Attention Models").
+"""Heavy-tail diagnostics of gradient noise ("Why Adam Beats SGD for Attention Models").
 
-- `noise_norms`: samples of ||g_batch - g_full|| from per-example gradients (seed 003, Fig. 1/4/7):
+- `noise_norms`: samples of ||g_batch - g_full|| from per-example gradients (Fig. 1/4/7):
   concentrated for Gaussian-like noise, heavy-tailed for attention models.
 - `variance_vs_sample_size`: the running empirical variance of a sample against the sample size;
   it settles for finite-variance noise and keeps jumping when the variance is infinite (Fig. 1(f)).
@@ -8,7 +8,7 @@
   about the tail of a distribution", Ann. Statist. 3(5)) for Pareto-type tails, and
   `stable_tail_index` (Mohammadi, Mohammadpour & Ogata, 2015, "On estimating the tail index and
   the spectral measure of multivariate alpha-stable distributions", Metrika 78), the estimator
-  Simsekli et al. (2019) used and seed 003 (App. H, Fig. 7) applied to noise norms.
+  Simsekli et al. (2019) used and the paper (App. H, Fig. 7) applied to noise norms.
 
 These are host-side diagnostics on numpy arrays (jax arrays are accepted).
 """
@@ -28,15 +28,15 @@ __all__ = [
 def noise_norms(
     per_example_grads, batch_size: int, num_batches: int, seed: int = 0, full_grad=None
 ) -> np.ndarray:
-    """Samples of the gradient-noise norm ||g_batch - g_full|| (seed 003).
+    """Samples of the gradient-noise norm ||g_batch - g_full||.
 
     Args:
       per_example_grads: (N, d) array, one flattened gradient per example.
       batch_size: examples per mini-batch (drawn without replacement within a batch).
       num_batches: number of mini-batches (samples of the norm) to draw.
       seed: numpy seed of the batch draws.
-      full_grad: (d,) the full gradient; default the mean over all N examples (seed 003 estimates
-        it on a large batch).
+      full_grad: (d,) the full gradient; default the mean over all N examples (the paper
+        estimates it on a large batch).
 
     Returns:
       (num_batches,) noise norms.
@@ -62,7 +62,7 @@ def variance_vs_sample_size(x, sizes=None) -> tuple[np.ndarray, np.ndarray]:
     """Empirical variance of the first k samples, for k in `sizes` (default: 50 log-spaced).
 
     Returns (sizes, variances). Under finite variance the curve settles; under infinite variance
-    (tail index < 2) it keeps growing in jumps (seed 003, Fig. 1(c, f)).
+    (tail index < 2) it keeps growing in jumps (Fig. 1(c, f) of the paper).
     """
     x = np.asarray(x, np.float64).ravel()
     if x.size < 2:

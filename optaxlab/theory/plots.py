@@ -1,4 +1,6 @@
-"""Matplotlib helpers for the closed forms (seed 000 Figs. 1 and 3); matplotlib loaded lazily."""
+"""Matplotlib helpers for the closed forms ("On the Distributional Properties of Adaptive
+Gradients", Figs. 1 and 3);
+matplotlib loaded lazily."""
 
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ def _axes(ax):
 
 def plot_pdf_family(ax=None, ms: Sequence[float] = (2, 3, 5, 10, 50), normal: bool = True,
                     xlim: float = 3.5):
-    """Draws f_m for each m (seed 000 Fig. 1) and, optionally, the standard normal limit.
+    """Draws f_m for each m ("On the Distributional Properties of Adaptive Gradients", Fig. 1) and,
+    optionally, the standard
+    normal limit.
 
     The m = 2 arcsine density is infinite at +-sqrt(2); the curve is drawn up to 1e-3 inside.
     Returns the axes.
@@ -43,7 +47,8 @@ def plot_pdf_family(ax=None, ms: Sequence[float] = (2, 3, 5, 10, 50), normal: bo
 
 
 def plot_variance_curves(ax=None, m_max: float = 50, student_t: bool = True):
-    """Var[Delta] = 1, Var[|Delta|] (Corollary 2) and Student-t m/(m-2) against m (seed 000 Fig. 3).
+    """Var[Delta] = 1, Var[|Delta|] (Corollary 2) and Student-t m/(m-2) against m
+    ("On the Distributional Properties of Adaptive Gradients", Fig. 3).
 
     Returns the axes.
     """

@@ -1,4 +1,6 @@
-"""Toy quadratics of seed 004, App. D (after Zhang et al., 2024a): heterogeneous vs homogeneous.
+"""Toy quadratics of "In Search of Adam's Secret Sauce", App. D (after Zhang et al., 2024a):
+heterogeneous
+vs homogeneous.
 
 Loss f(w) = 1/2 w^T H w (minimum 0 at w = 0) in 9 dimensions. H is block-diagonal with three 3x3
 blocks; block b is R_b diag(lambda_b) R_b^T with its own Haar-random rotation R_b. Eigenvalues:
@@ -12,7 +14,7 @@ gives the unbiased estimate g = (9/B) A_S^T A_S w.
 
 `run_quadratic` trains any optimizer on it for a grid of hyperparameters and seeds at once
 (vmapped), recording the loss and, optionally, the per-block mean of the equal-beta variance
-estimate s_t^2 = v_t - m_t^2 (seed 004 Fig. 6, second row).
+estimate s_t^2 = v_t - m_t^2 (Fig. 6 of the paper, second row).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class ToyQuadratic(NamedTuple):
 def haar_orthogonal(key: jax.Array, n: int, dtype=jnp.float32) -> jax.Array:
     """A Haar-random n x n orthogonal matrix: Q of the QR of a Gaussian matrix with the signs of
     diag(R) folded in (Mezzadri, 2007, "How to generate random matrices from the classical compact
-    groups"); equivalent to seed 004's eigenvectors of X X^T up to column signs/order."""
+    groups"); equivalent to the paper's eigenvectors of X X^T up to column signs/order."""
     z = jax.random.normal(key, (n, n), dtype)
     q, r = jnp.linalg.qr(z)
     return q * jnp.sign(jnp.diag(r))[None, :]
@@ -67,7 +69,9 @@ def toy_quadratic(
     eigenvalues: Sequence[Sequence[float]] | None = None,
     dtype=jnp.float32,
 ) -> ToyQuadratic:
-    """Builds seed 004's toy quadratic ('heterogeneous' or 'homogeneous', or custom eigenvalues).
+    """Builds the toy quadratic of "In Search of Adam's Secret Sauce" ('heterogeneous' or
+    'homogeneous', or
+    custom eigenvalues).
 
     Each block gets its own Haar rotation drawn from `key`. The Hessian is built in float64 numpy
     and cast, so its eigenvalues are exact to the dtype's round-off.

@@ -1,18 +1,18 @@
 """Jitted Monte Carlo of an optimizer's normalized update on independent coordinates.
 
 `simulate` applies an optimizer transform to n independent scalar coordinates for T steps, feeding
-it a gradient stream drawn from a *process* (seed 000, Sections 3 and 6), and returns per-step
-histograms and moments of the normalized update
+it a gradient stream drawn from a *process* ("On the Distributional Properties of Adaptive
+Gradients", Sections 3 and 6), and returns per-step histograms and moments of the normalized update
 
     Delta_t = (theta_t - theta_{t-1}) / lr = update_t / lr
 
-(seed 000's definition, the monitor's too: for Adam, Delta has the sign opposite to the gradient),
-computed on device inside one `jax.lax.scan`: nothing of size n x T is stored.
+(the paper's definition, the monitor's too: for Adam, Delta has the sign opposite to the
+gradient), computed on device inside one `jax.lax.scan`: nothing of size n x T is stored.
 
 Transforms: `theory_model()` (the default: no momentum, eps = 0, preconditioner by simple averaging,
-seed 000 Theorem 1), `adam_model(b1, b2, eps, bias_correction)` (exact Adam / RMSprop with b1 = 0),
-any `optax.GradientTransformation`, or the name of an `optaxlab.optimizers` entry (resolved lazily,
-so `optaxlab.theory` imports nothing else of optaxlab at import time).
+the paper's Theorem 1), `adam_model(b1, b2, eps, bias_correction)` (exact Adam / RMSprop with
+b1 = 0), any `optax.GradientTransformation`, or the name of an `optaxlab.optimizers` entry
+(resolved lazily, so `optaxlab.theory` imports nothing else of optaxlab at import time).
 
 Processes are callables `process(key, t, params) -> grads` with t the 1-indexed step (a traced
 int32) and params the current coordinates (shape (n,)): `gaussian(mean, std)` (either may be a
@@ -22,6 +22,7 @@ function of t), `cauchy`, `student_t`, `symmetric_stable` (Chambers-Mallows-Stuc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -60,7 +61,8 @@ class TheoryModelState(NamedTuple):
 
 
 def theory_model() -> optax.GradientTransformation:
-    """Seed 000's theory model: u_t = g_t / sqrt((1/t) sum_{i<=t} g_i^2) (no momentum, eps = 0).
+    """The theory model of "On the Distributional Properties of Adaptive Gradients":
+    u_t = g_t / sqrt((1/t) sum_{i<=t} g_i^2) (no momentum, eps = 0).
 
     With iid N(0, 1) gradients u_t has the law `update_pdf(., m=t)`. 0/0 (all g_i = 0) gives 0.
     """
@@ -97,14 +99,17 @@ def adam_model(
 ) -> optax.GradientTransformation:
     """Exact Adam direction u = (m/c1) / (sqrt(v/c2) + eps), m = ema_b1(g), v = ema_b2(g^2).
 
-    c_i = 1 - b_i^t with `bias_correction`, else 1. b1 = 0 is RMSprop (seed 004's convention).
-    eps = 0 by default (the theory's setting; 0/0 is returned as 0).
+    c_i = 1 - b_i^t with `bias_correction` (computed as -expm1(t log b_i), log b_i in float64:
+    accurate in float32, so the first step is exactly +-1), else 1. b1 = 0 is RMSprop (the
+    convention of "In Search of Adam's Secret Sauce"). eps = 0 by default (the theory's setting;
+    0/0 is returned as 0).
     """
     for name, b in (("b1", b1), ("b2", b2)):
         if not 0.0 <= b < 1.0:
             raise ValueError(f"{name}={b!r} is invalid: it must lie in [0, 1).")
     if eps < 0:
         raise ValueError(f"eps={eps!r} is invalid: it must be >= 0.")
+    log_b1, log_b2 = (math.log(b) if b > 0 else -math.inf for b in (b1, b2))
 
     def init_fn(params):
         zeros = jax.tree.map(jnp.zeros_like, params)
@@ -116,8 +121,8 @@ def adam_model(
         mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
         nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, updates)
         t = count.astype(jnp.float32)
-        c1 = 1.0 - b1**t if bias_correction else 1.0
-        c2 = 1.0 - b2**t if bias_correction else 1.0
+        c1 = -jnp.expm1(t * log_b1) if bias_correction else 1.0
+        c2 = -jnp.expm1(t * log_b2) if bias_correction else 1.0
 
         def direction(m, v):
             den = jnp.sqrt(v / c2) + eps
@@ -171,7 +176,9 @@ def _of_t(v: ScalarFn, t: jax.Array) -> jax.Array:
 def gaussian(mean: ScalarFn = 0.0, std: ScalarFn = 1.0) -> GradientProcess:
     """g_t ~ N(mean(t), std(t)^2) iid over coordinates; mean/std are numbers or functions of t.
 
-    Seed 000 Section 6: `gaussian(std=lambda t: t)`, `gaussian(std=lambda t: 1 / t)`,
+    Section 6 of "On the Distributional Properties of Adaptive Gradients": `gaussian(std=lambda t:
+    t)`,
+    `gaussian(std=lambda t: 1 / t)`,
     `gaussian(mean=-1.0)`, `gaussian(mean=lambda t: -t)`.
     """
 
@@ -184,7 +191,9 @@ def gaussian(mean: ScalarFn = 0.0, std: ScalarFn = 1.0) -> GradientProcess:
 
 
 def cauchy(scale: float = 1.0, loc: float = 0.0) -> GradientProcess:
-    """g_t ~ Cauchy(loc, scale) iid (seed 000 Section 6: the standard Cauchy)."""
+    """g_t ~ Cauchy(loc, scale) iid ("On the Distributional Properties of Adaptive Gradients",
+    Section 6: the standard
+    Cauchy)."""
 
     def process(key, t, params):
         del t
@@ -227,7 +236,9 @@ def sample_symmetric_stable(key, alpha, shape, dtype=jnp.float32, scale=1.0):
 
 
 def symmetric_stable(alpha: float, scale: float = 1.0) -> GradientProcess:
-    """g_t symmetric alpha-stable iid (seed 003's heavy-tailed noise model), alpha in (0, 2]."""
+    """g_t symmetric alpha-stable iid (the heavy-tailed noise model of "Why Adam Beats SGD for
+    Attention Models"),
+    alpha in (0, 2]."""
     if not 0.0 < alpha <= 2.0:
         raise ValueError(f"alpha={alpha!r} is invalid: a stable index must lie in (0, 2].")
 
@@ -368,7 +379,9 @@ def make_simulator(
       bins, value_range: the fixed histogram of Delta.
       keep_steps: 1-indexed steps at which all n values of Delta are returned (e.g. for KS tests).
       spread_beta: if set, also track bias-corrected EMAs m, v of g with this beta and report
-        the spread gamma = sqrt(v - m^2)/|m| (seed 002) over coordinates.
+        the spread gamma = sqrt(v - m^2)/|m| ("Gradient Spread as an Intuition for the Adam
+        Optimizer") over
+        coordinates.
       params0: initial coordinates (n,) (default zeros); they matter for param-dependent processes.
       dtype: float dtype of the simulation.
 

@@ -1,4 +1,4 @@
-"""Gradient spread (seed 002, "Gradient Spread as an Intuition for the Adam Optimizer").
+"""Gradient spread ("Gradient Spread as an Intuition for the Adam Optimizer").
 
 With first and second moment estimates m_t (of g) and v_t (of g^2), the spread is the coefficient of
 variation of the gradient, gamma_t = sqrt(v_t - m_t^2) / |m_t|. For Adam with b1 = b2 (same init,
@@ -7,8 +7,9 @@ same bias correction, eps = 0) the update direction is exactly
     m_t / sqrt(v_t) = sign(m_t) / sqrt(1 + gamma_t^2),
 
 so the predicted step magnitude is 1 / sqrt(1 + gamma^2): large steps where the gradient is
-consistent (gamma -> 0), small ones where it is noise-dominated. Equivalently (seed 004) the
-direction is the variance-mollified sign m / sqrt(m^2 + s^2) with s^2 = v - m^2.
+consistent (gamma -> 0), small ones where it is noise-dominated. Equivalently ("In Search of Adam's
+Secret Sauce")
+the direction is the variance-mollified sign m / sqrt(m^2 + s^2) with s^2 = v - m^2.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ __all__ = ["adam_direction", "predicted_step", "spread"]
 
 
 def spread(m, v, eps: float = 0.0):
-    """Spread gamma = sqrt(max(v - m^2, 0)) / |m| (seed 002).
+    """Spread gamma = sqrt(max(v - m^2, 0)) / |m|.
 
     Args:
       m: first-moment estimate (EMA of g), any shape.
@@ -33,7 +34,7 @@ def spread(m, v, eps: float = 0.0):
 
 
 def predicted_step(gamma):
-    """Predicted normalized step magnitude 1 / sqrt(1 + gamma^2) of Adam(b1 = b2) (seed 002)."""
+    """Predicted normalized step magnitude 1 / sqrt(1 + gamma^2) of Adam(b1 = b2)."""
     gamma = jnp.asarray(gamma)
     return 1.0 / jnp.sqrt(1.0 + gamma * gamma)
 

@@ -3,13 +3,22 @@
 Everything here is an ``optax.GradientTransformation`` with a ``NamedTuple`` state and composes
 with optax's own transforms (``optax.chain``, ``masked``, ``MultiSteps``, ``inject_hyperparams``,
 ``jit``). Where optax has the piece (``scale_by_sign``, ``clip_by_global_norm``, ``clip``, ``ema``,
-``trace``, ``scale_by_adam``, ``scale_by_rms``, ...) we use it, and our extensions delegate to it
-at optax's default behaviour:
+``trace``, ...) we use it, and our extensions delegate to it at optax's default behaviour, except
+for bias corrections (below):
 
   moments     ema(init='first'), trace(dampening=), scale_by_adam(bias_correction=, init=),
-              track_gaussian_vi -> MeanVar          (seed 004: GI/ZI, Prop. 1, Thm. 4.1)
-  normalize   scale_by_mollified_sign (adaptive or fixed mollifier), scale_by_laprop (seed 000)
-  clipping    clip_by_coordinate (CClip), scale_by_acclip (seed 003)
+              scale_by_rms, scale_by_radam (accurate float32 bias corrections),
+              track_gaussian_vi -> MeanVar   ("In Search of Adam's Secret Sauce": GI/ZI,
+                                              Prop. 1, Thm. 4.1)
+  normalize   scale_by_mollified_sign (adaptive or fixed mollifier; Secret Sauce),
+              scale_by_laprop ("On the Distributional Properties of Adaptive Gradients")
+  clipping    clip_by_coordinate (CClip), scale_by_acclip ("Why Adam Beats SGD for Attention
+              Models")
+
+Bias corrections 1 - b^t are computed as -expm1(t log b), with log b in float64 when b is a
+Python number: accurate in float32, where optax's ``1 - b**t`` is ~1e-5 off at b = 0.999 (and
+RAdam's rectification ~1% off at its first rectified steps). This is why ``scale_by_adam``,
+``scale_by_rms`` and ``scale_by_radam`` are optaxlab's own rather than optax's.
 
 Tracker -> normalizer hand-off
 ------------------------------
@@ -57,6 +66,8 @@ from optaxlab.transforms.moments import (
     MeanVar,
     ema,
     scale_by_adam,
+    scale_by_radam,
+    scale_by_rms,
     trace,
     track_gaussian_vi,
 )
@@ -78,6 +89,8 @@ __all__ = [
     "scale_by_adam",
     "scale_by_laprop",
     "scale_by_mollified_sign",
+    "scale_by_radam",
+    "scale_by_rms",
     "trace",
     "track_gaussian_vi",
 ]

@@ -1,4 +1,5 @@
-"""Coordinate-wise clipping: a named fixed threshold (CClip) and adaptive ACClip (seed 003)."""
+"""Coordinate-wise clipping: a fixed threshold (CClip) and adaptive ACClip ("Why Adam Beats SGD
+for Attention Models")."""
 
 from __future__ import annotations
 
@@ -20,10 +21,24 @@ Updates = Any
 
 
 def clip_by_coordinate(threshold: jax.typing.ArrayLike) -> optax.GradientTransformation:
-    r"""CClip(tau, m) = min(tau / |m|, 1) m = clip(m, -tau, tau), coordinate-wise.
+    r"""Coordinate-wise clipping, CClip.
 
-    This is ``optax.clip`` under the name and threshold of seed 003 (Zhang et al., "Why Adam
-    beats SGD for attention models", eq. CClip); placed after momentum it is seed 004's SGD+Cclip.
+    .. math::
+      \operatorname{CClip}(\tau, m) = \min(\tau / |m|, 1)\, m = \operatorname{clip}(m, -\tau, \tau)
+
+    This is ``optax.clip`` under the name and threshold of "Why Adam Beats SGD for Attention
+    Models" (eq. CClip). Placed after momentum it is the SGD+Cclip of "In Search of Adam's Secret
+    Sauce"; placed first, on the raw gradient, it is the registry's ``coordinate_clip``.
+
+    Args:
+      threshold: tau > 0.
+
+    Returns:
+      A stateless ``optax.GradientTransformation``.
+
+    References:
+      Zhang et al., "Why are Adaptive Methods Good for Attention Models?" (published as
+      "Why Adam Beats SGD for Attention Models"), NeurIPS 2020.
     """
     check_positive("threshold", threshold)
     return optax.clip(threshold)
@@ -43,15 +58,30 @@ def scale_by_acclip(
     eps: jax.typing.ArrayLike = 1e-5,
     mu_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
-    r"""Adaptive coordinate-wise clipping, ACClip (seed 003).
+    r"""Adaptive coordinate-wise clipping, ACClip.
 
-    m_t = b1 m_{t-1} + (1-b1) g_t ;  tau_t^alpha = b2 tau_{t-1}^alpha + (1-b2) |g_t|^alpha ;
-    u_t = min(tau_t / (|m_t| + eps), 1) m_t, zero-initialized and without bias correction as
-    in the paper. State: ``ScaleByACClipState(mu, nu)`` with nu = tau^alpha.
+    .. math::
+      m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad
+      \tau_t^\alpha = \beta_2 \tau_{t-1}^\alpha + (1-\beta_2) |g_t|^\alpha, \quad
+      u_t = \min\left(\frac{\tau_t}{|m_t| + \epsilon}, 1\right) m_t
 
-    Reference: Zhang et al., "Why are adaptive methods good for attention models?" / "Why Adam
-    beats SGD for attention models" (2020), eq. (ACClip); paper settings b1=0.9, b2=0.99,
-    alpha=1, eps=1e-5.
+    zero-initialized and without bias correction, as in the paper's algorithm.
+
+    Args:
+      b1: momentum decay, in [0, 1).
+      b2: decay of the clipping threshold's moment, in [0, 1).
+      alpha: the moment order, > 0 (1 in the paper).
+      eps: added to |m| in the denominator, >= 0.
+      mu_dtype: dtype of the momentum (None: the gradient's).
+
+    Returns:
+      An ``optax.GradientTransformation`` with state ``ScaleByACClipState(mu, nu)``,
+      nu = tau^alpha.
+
+    References:
+      Zhang et al., "Why are Adaptive Methods Good for Attention Models?" (published as
+      "Why Adam Beats SGD for Attention Models"), NeurIPS 2020, Algorithm ACClip; paper settings
+      b1 = 0.9, b2 = 0.99, alpha = 1, eps = 1e-5.
     """
     check_decay("b1", b1)
     check_decay("b2", b2)

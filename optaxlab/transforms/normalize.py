@@ -1,4 +1,5 @@
-"""Normalizers: the variance-mollified sign (seed 004) and LaProp's normalize-then-momentum."""
+"""Normalizers: the variance-mollified sign ("In Search of Adam's Secret Sauce") and LaProp's
+normalize-then-momentum ("On the Distributional Properties of Adaptive Gradients")."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import optax
 from optax._src import numerics, utils
 
 from optaxlab.transforms._checks import check_decay, check_nonnegative, is_number
+from optaxlab.transforms._numerics import one_minus_power
 from optaxlab.transforms.moments import MeanVar
 
 Updates = Any
@@ -31,19 +33,35 @@ def scale_by_mollified_sign(
     *,
     fixed_variance: jax.typing.ArrayLike | None = None,
 ) -> optax.GradientTransformation:
-    r"""Variance-mollified sign: u = m / sqrt(m^2 + c s^2 + eps^2) = sign(m) / sqrt(1 + c s^2/m^2).
+    r"""Variance-mollified sign: Adam with equal betas as a mollified Signum.
+
+    .. math::
+      u = \frac{m}{\sqrt{m^2 + c\, s^2 + \epsilon^2}}
+        = \frac{\operatorname{sign}(m)}{\sqrt{1 + (c\, s^2 + \epsilon^2) / m^2}}
 
     Adaptive mode (``fixed_variance=None``): the incoming update must be a
     ``MeanVar(mean=m, var=s^2)`` pair, as emitted by ``track_gaussian_vi``; the output is a
     plain tree. Then ``chain(track_gaussian_vi(beta), scale_by_mollified_sign())`` is Adam with
-    b1 = b2 = beta and eps = 0 (seed 004, Section 4: "Adam is a variance-mollified Signum").
+    b1 = b2 = beta and eps = 0 ("Adam is a variance-mollified Signum", Section 4).
     Fixed-mollifier mode (``fixed_variance=sigma2``): the incoming update is a plain tree m
-    (e.g. the output of ``ema``) and s^2 is the constant sigma2: the seed-004 Signum ablation.
+    (e.g. the output of ``ema``) and s^2 is the constant sigma2: the Signum ablation of
+    Table 2 ("fixed mollifier").
 
     The output is odd in m, invariant to a common positive scaling of (m, s), |u| <= 1 (up to
-    one float rounding), and 0 where m = s = eps = 0. Stateless (``optax.EmptyState``).
+    one float rounding), and 0 where m = s = eps = 0.
 
-    Reference: Orvieto & Gower, In Search of Adam's Secret Sauce (2025), eq. (2), Prop. 1.
+    Args:
+      c: weight of the variance in the mollifier, >= 0 (c = 1: Adam; c = 0: sign(m) when
+        eps = 0).
+      eps: an additive mollifier eps^2, >= 0.
+      fixed_variance: None (adaptive: a ``MeanVar`` input), or a constant sigma2 >= 0.
+
+    Returns:
+      A stateless ``optax.GradientTransformation`` (``optax.EmptyState``).
+
+    References:
+      Orvieto & Gower, "In Search of Adam's Secret Sauce", 2025 (eq. (2), Proposition 1,
+      Table 2).
     """
     check_nonnegative("c", c)
     check_nonnegative("eps", eps)
@@ -92,16 +110,29 @@ def scale_by_laprop(
     eps: jax.typing.ArrayLike = 1e-15,
     mu_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
-    r"""LaProp: normalize by the second moment first, then take momentum (seed 000, eq. 1-4).
+    r"""LaProp: normalize by the second moment first, then take momentum.
 
-    n_t = b2 n_{t-1} + (1-b2) g_t^2 ;
-    m_t = b1 m_{t-1} + (1-b1) g_t / sqrt(n_t / c_n + eps) ;  u_t = m_t / c_m,
-    with c_n = 1 - b2^t, c_m = 1 - b1^t (eps sits inside the square root).
-    State: ``ScaleByLaPropState(count, mu, nu)``; ``nu`` is Adam's second moment, ``mu`` a
-    momentum of *normalized* gradients (not a gradient mean).
+    .. math::
+      n_t = \beta_2 n_{t-1} + (1-\beta_2) g_t^2, \quad
+      m_t = \beta_1 m_{t-1} + (1-\beta_1) \frac{g_t}{\sqrt{n_t / c_n + \epsilon}}, \quad
+      u_t = m_t / c_m
 
-    Reference: Ziyin, Wang & Ueda, LaProp (2020), in the form of "On the Distributional
-    Properties of Adaptive Gradients" (seed 000), eq. (1)-(4).
+    with c_n = 1 - b2^t, c_m = 1 - b1^t (accurate in float32: -expm1(t log b)); eps sits
+    inside the square root. ``nu`` is Adam's second moment, ``mu`` a momentum of *normalized*
+    gradients (not a gradient mean).
+
+    Args:
+      b1: momentum decay mu, in [0, 1).
+      b2: second-moment decay, in [0, 1).
+      eps: added inside the square root, >= 0.
+      mu_dtype: dtype of the momentum (None: the gradient's).
+
+    Returns:
+      An ``optax.GradientTransformation`` with state ``ScaleByLaPropState(count, mu, nu)``.
+
+    References:
+      Ziyin, Wang & Ueda, "LaProp: Separating Momentum and Adaptivity in Adam", 2020, in the
+      form of "On the Distributional Properties of Adaptive Gradients", eq. (1)-(4).
     """
     check_decay("b1", b1)
     check_decay("b2", b2)
@@ -118,8 +149,8 @@ def scale_by_laprop(
     def update_fn(updates, state, params=None):
         del params
         count_inc = numerics.safe_increment(state.count)
-        c_n = 1 - b2**count_inc
-        c_m = 1 - b1**count_inc
+        c_n = one_minus_power(b2, count_inc)
+        c_m = one_minus_power(b1, count_inc)
         nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
         mu = jax.tree.map(
             lambda g, n, t: (1 - b1) * (g / jnp.sqrt(n / c_n.astype(n.dtype) + eps)) + b1 * t,

@@ -1,4 +1,5 @@
-"""Tests of seed 004's sequence-operator view and online Gaussian VI."""
+"""Tests of the sequence-operator view and online Gaussian VI of "In Search of Adam's Secret
+Sauce"."""
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,7 @@ def test_operator_equals_optax_adam_with_equal_betas():
 
 
 def test_operator_properties():
-    """Causal, invariant to positive scaling, odd, bounded by 1 (seed 004 App. E)."""
+    """Causal, invariant to positive scaling, odd, bounded by 1 (App. E)."""
     g = _signal(1)
     op = lambda s: np.asarray(theory.adam_equal_betas_operator(s, 0.9))
     out = op(g)

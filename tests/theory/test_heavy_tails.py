@@ -1,4 +1,4 @@
-"""Tests of the heavy-tail diagnostics (seed 003)."""
+"""Tests of the heavy-tail diagnostics ("Why Adam Beats SGD for Attention Models")."""
 
 import jax
 import numpy as np

@@ -1,4 +1,4 @@
-"""Tests of seed 004's toy quadratics."""
+"""Tests of the toy quadratics of "In Search of Adam's Secret Sauce"."""
 
 import itertools
 

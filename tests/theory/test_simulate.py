@@ -46,9 +46,15 @@ def test_named_transform_equals_adam_model_and_optax():
     a = theory.simulate("adam_model", hparams=dict(b1=0.9, b2=0.99), **kw)
     b = theory.simulate(optax.adam(1.0, b1=0.9, b2=0.99, eps=0.0), **kw)
     c = theory.simulate("adam", hparams=dict(b1=0.9, b2=0.99, eps=0.0), **kw)
+    edges = np.asarray(a.edges)
+    near_one = np.abs(np.abs(edges[:-1]) - 1) < 1e-6  # bins starting at -1 or +1
+    near_one |= np.abs(np.abs(edges[1:]) - 1) < 1e-6  # and those ending there
     for r in (b, c):
         np.testing.assert_allclose(r.moments["var"], a.moments["var"], rtol=1e-4)
-        np.testing.assert_array_equal(r.counts, a.counts)
+        # step 1 is +-1 up to an ulp, which decides the bin at the edge +-1 (optax's float32
+        # bias correction is ~1e-5 below 1); from step 2 on the counts are identical
+        assert int(np.asarray(r.counts[0])[near_one].sum()) == 2000
+        np.testing.assert_array_equal(r.counts[1:], a.counts[1:])
 
 
 def test_rmsprop_is_adam_model_b1_zero_and_learning_rate_divides_out():
@@ -63,7 +69,7 @@ def test_processes_and_param_dependence():
     # N(-t, 1) gradients: Delta = (theta_t - theta_{t-1}) / lr moves against g, towards +sqrt(t).
     res = theory.simulate(process=theory.gaussian(mean=lambda t: -t), n=5000, steps=5, key=0)
     assert float(res.moments["mean"][-1]) > 0.9
-    assert float(res.moments["skew"][-1]) < 0  # left-skewed (seed 000, Section 6.2)
+    assert float(res.moments["skew"][-1]) < 0  # left-skewed (Section 6.2)
     # f(x) = x^2 full batch: the parameter-dependent process sees the updated params.
     res = theory.simulate("sgd", lambda k, t, p: 2 * p, n=4, steps=3, learning_rate=0.25,
                           params0=jnp.ones(4))

@@ -1,4 +1,4 @@
-"""Tests of seed 002's gradient spread."""
+"""Tests of the gradient spread of "Gradient Spread as an Intuition for the Adam Optimizer"."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,5 @@
-"""Tests of the closed-form update law (seed 000, Theorem 1 and Corollaries 1-2)."""
+"""Tests of the closed-form update law ("On the Distributional Properties of Adaptive Gradients",
+Theorem 1 and Corollaries 1-2): float64 on the host, float32 (or the input dtype) in JAX."""
 
 import math
 
@@ -95,10 +96,12 @@ def test_uniform_at_m3():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_normal_limit(dtype):
-    x = np.linspace(-4, 4, 81).astype(dtype)
+    """JAX arrays in: the result follows their dtype (float32, or float64 with x64)."""
     with jax.enable_x64(dtype == np.float64):
-        pdf = np.asarray(theory.update_pdf(x, dtype(1e6)))
-        cdf = np.asarray(theory.update_cdf(x, dtype(1e6)))
+        x = jnp.asarray(np.linspace(-4, 4, 81), dtype)
+        pdf = np.asarray(theory.update_pdf(x, jnp.asarray(1e6, dtype)))
+        cdf = np.asarray(theory.update_cdf(x, jnp.asarray(1e6, dtype)))
+    x = np.asarray(x, np.float64)
     assert pdf.dtype == dtype and cdf.dtype == dtype
     np.testing.assert_allclose(pdf, stats.norm.pdf(x), atol=2e-6)
     np.testing.assert_allclose(cdf, stats.norm.cdf(x), atol=3e-6)
@@ -112,8 +115,11 @@ def test_cdf_matches_student_t_map(dtype):
     x = np.linspace(-0.999, 0.999, 201)[None, :] * np.minimum(np.sqrt(m), 6.0)
     ref = stats.t.cdf(x * np.sqrt((m - 1) / (m - x**2)), m - 1)
     with jax.enable_x64(dtype == np.float64):
-        got = np.asarray(theory.update_cdf(x.astype(dtype), m.astype(dtype)))
+        got = np.asarray(theory.update_cdf(jnp.asarray(x, dtype), jnp.asarray(m, dtype)))
     assert got.dtype == dtype
+    np.testing.assert_allclose(got, ref, atol=1e-9 if dtype == np.float64 else 1e-5)
+    host = theory.update_cdf(x, m)  # numpy in: float64 without x64
+    assert host.dtype == np.float64
     np.testing.assert_allclose(got, ref, atol=1e-9 if dtype == np.float64 else 1e-5)
 
 
@@ -237,3 +243,69 @@ def test_effective_sample_size_limits():
 def test_bad_input_raises_value_error(call):
     with pytest.raises(ValueError):
         call()
+
+
+# --------------------------------------------------------------------------- float64 on the host
+
+mpmath = pytest.importorskip("mpmath")
+mpmath.mp.dps = 40
+
+
+def _mp_abs_mean(m):
+    m = mpmath.mpf(m)
+    return 2 * mpmath.sqrt(m) * mpmath.gamma(m / 2) / ((m - 1) * mpmath.sqrt(mpmath.pi)
+                                                       * mpmath.gamma((m - 1) / 2))
+
+
+def _mp_ess(b, t):
+    b, t = mpmath.mpf(b), mpmath.mpf(t)  # the float64 value of b, exactly
+    return (1 - b**t) * (1 + b) / ((1 - b) * (1 + b**t))
+
+
+@pytest.mark.parametrize("m", [1.5, 2, 2.5, 3, 7, 41.5, 1000, 12345.5, 1e6, 1e9])
+def test_host_scalars_are_float64_accurate(m):
+    """Python numbers in: float64 out, within 1e-12 of the closed forms (mpmath, 40 digits)."""
+    mean = theory.abs_update_mean(m)
+    var = theory.abs_update_variance(m)
+    assert isinstance(var, np.float64) and isinstance(mean, np.float64)
+    assert float(mean) == pytest.approx(float(_mp_abs_mean(m)), rel=1e-12)
+    assert float(var) == pytest.approx(float(1 - _mp_abs_mean(m) ** 2), rel=1e-12)
+    assert theory.update_variance(m) == 1.0
+    if m > 2:
+        assert float(theory.student_t_variance(m)) == pytest.approx(m / (m - 2), rel=1e-15)
+    a, b = theory.k_params(m)
+    assert a == 0.5 and b == (m - 1) / 2
+
+
+def test_host_special_values_and_the_issue_examples():
+    assert float(theory.abs_update_variance(2)) == pytest.approx(1 - 8 / math.pi**2, rel=1e-13)
+    assert float(theory.abs_update_variance(3)) == pytest.approx(0.25, rel=1e-13)
+    assert float(theory.abs_update_variance(1e12)) == pytest.approx(1 - 2 / math.pi, rel=1e-11)
+    # before: 199.0002 (float32); (1 + b)/(1 - b) with b^t = 0 in float64
+    ess = theory.effective_sample_size(0.99, 1e5)
+    assert isinstance(ess, np.float64)
+    assert float(ess) == pytest.approx(1.99 / (1 - 0.99), rel=1e-14)
+
+
+@pytest.mark.parametrize("b,t", [(0.9, 1), (0.9, 7), (0.999, 1), (0.999, 3), (0.999, 1000),
+                                 (0.9999, 25), (0.5, 60), (0.99, 1e5)])
+def test_host_effective_sample_size_is_float64_accurate(b, t):
+    assert float(theory.effective_sample_size(b, t)) == pytest.approx(float(_mp_ess(b, t)),
+                                                                    rel=1e-12)
+
+
+def test_host_arrays_are_float64_and_jax_stays_float32():
+    m = np.array([2.0, 3.0, 1e4], np.float32)  # numpy float32 in: still the float64 path
+    host = theory.abs_update_variance(m)
+    assert host.dtype == np.float64
+    np.testing.assert_allclose(host, [1 - 8 / math.pi**2, 0.25,
+                                      float(1 - _mp_abs_mean(1e4) ** 2)], rtol=1e-12)
+    dev = theory.abs_update_variance(jnp.asarray(m))  # JAX in: float32, as the monitor uses it
+    assert dev.dtype == jnp.float32  # float32 round-off: 5.6e-6 relative at m = 2
+    np.testing.assert_allclose(np.asarray(dev), host, rtol=1e-5)
+    traced = jax.jit(lambda b, t: theory.effective_sample_size(b, t))(np.float32(0.999), 5.0)
+    assert traced.dtype == jnp.float32
+    # pdf / cdf: the same formula in float64 on the host (vs mpmath's incomplete beta)
+    x, mm = 0.7, 5.5
+    exact = 0.5 + 0.5 * mpmath.betainc(0.5, (mm - 1) / 2, 0, x * x / mm, regularized=True)
+    assert float(theory.update_cdf(x, mm)) == pytest.approx(float(exact), rel=1e-13)

@@ -1,4 +1,5 @@
-"""optaxlab.transforms.clipping: CClip and ACClip (seed 003) against numpy recurrences."""
+"""optaxlab.transforms.clipping: CClip and ACClip ("Why Adam Beats SGD for Attention Models")
+against numpy recurrences."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +23,7 @@ def np_acclip(g, b1, b2, alpha, eps):
 
 @pytest.mark.parametrize("kind", ["gaussian", "heavy"])
 @pytest.mark.parametrize("alpha", [1.0, 1.5, 2.0])
-def test_acclip_matches_seed_003_recursion(kind, alpha):
+def test_acclip_matches_attention_models_recursion(kind, alpha):
     g = stream(kind, seed=int(alpha * 10))
     b1, b2, eps = 0.9, 0.99, 1e-5
     ours, state = run(T.scale_by_acclip(b1, b2, alpha, eps), g)

@@ -1,4 +1,5 @@
-"""optaxlab.transforms.normalize: variance-mollified sign (seed 004) and LaProp (seed 000).
+"""optaxlab.transforms.normalize: variance-mollified sign ("In Search of Adam's Secret Sauce") and
+LaProp ("On the Distributional Properties of Adaptive Gradients").
 
 Float32 transforms against float64 numpy recurrences or optax, rtol 1e-5 with an absolute
 floor of 1e-6 of the largest value (entries crossing zero).
@@ -45,7 +46,7 @@ def test_equal_betas_is_optax_adam_with_eps_zero(kind, beta):
 
 @pytest.mark.parametrize("kind", ["gaussian", "heavy"])
 def test_equal_betas_without_bias_correction_is_m_over_sqrt_v(kind):
-    """Seed 004 eq. (2): u = m / sqrt(v), zero-initialized EMAs, no bias correction."""
+    """Secret Sauce eq. (2): u = m / sqrt(v), zero-initialized EMAs, no bias correction."""
     g = stream(kind, seed=2)
     beta = 0.95
     ours, _ = run(equal_betas(beta, bias_correction=False), g)
@@ -57,8 +58,8 @@ def test_equal_betas_without_bias_correction_is_m_over_sqrt_v(kind):
 
 
 @pytest.mark.parametrize("bias_correction", [True, False])
-def test_seed_002_sign_over_sqrt_one_plus_gamma_squared(bias_correction):
-    """Seed 002: for b1 = b2 the Adam direction is sign(m)/sqrt(1 + gamma^2),
+def test_gradient_spread_sign_over_sqrt_one_plus_gamma_squared(bias_correction):
+    """Gradient spread: for b1 = b2 the Adam direction is sign(m)/sqrt(1 + gamma^2),
     gamma = sqrt(v - m^2)/|m| (with the same bias correction on m and v)."""
     g = stream("gaussian", seed=3)
     beta = 0.9
@@ -76,7 +77,7 @@ def test_seed_002_sign_over_sqrt_one_plus_gamma_squared(bias_correction):
 
 
 def test_equal_betas_operator_properties():
-    """Seed 004 App. E: causal, invariant to positive scaling, odd, |u| <= 1."""
+    """Secret Sauce App. E: causal, invariant to positive scaling, odd, |u| <= 1."""
     g = stream("heavy", seed=4)
     tx = equal_betas(0.9, bias_correction=False)
     u, _ = run(tx, g)
@@ -120,7 +121,8 @@ def test_mollified_sign_is_zero_at_zero_and_eps_mollifies():
 
 @pytest.mark.parametrize("init", ["zero", "first"])
 def test_fixed_mollifier_signum_matches_numpy(init):
-    """Seed 004 ablation: u = m / sqrt(m^2 + sigma2), m a (ZI or GI) EMA of the gradient."""
+    """Secret Sauce ablation: u = m / sqrt(m^2 + sigma2), m a (ZI or GI) EMA of the
+    gradient."""
     g = stream("gaussian", seed=6)
     beta, sigma2 = 0.9, 0.25
     tx = optax.chain(
@@ -159,7 +161,7 @@ def test_pair_composes_with_optax_masked():
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "heavy"])
-def test_laprop_matches_seed_000_recursion(kind):
+def test_laprop_matches_distributional_properties_recursion(kind):
     g = stream(kind, seed=8)
     b1, b2, eps = 0.9, 0.99, 1e-12
     ours, state = run(T.scale_by_laprop(b1, b2, eps), g)
