@@ -1,5 +1,5 @@
-"""cnn_digits: the small CNN of seed 002 (conv -> pool -> conv -> pool -> fc -> fc, BatchNorm +
-ReLU) on scikit-learn's bundled 8x8 digits. For CIFAR-10 from local files:
+"""cnn_digits: the small CNN of "Gradient Spread as an Intuition for the Adam Optimizer"
+(conv -> pool -> conv -> pool -> fc -> fc, BatchNorm + ReLU) on scikit-learn's bundled 8x8 digits. For CIFAR-10 from local files:
   --config.data.name=cifar10 --config.data.path=/data/cifar10 --config.model.input_shape='(32, 32, 3)'
 """
 

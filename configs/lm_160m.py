@@ -1,5 +1,5 @@
-"""lm_160m: the Pythia-160M shape of seed 004 (12 layers x 768, 12 heads, seq 2048, batch 256,
-bf16 compute, AdamW wd 0.1, warmup 10% + cosine, global-norm clip 1).
+"""lm_160m: the Pythia-160M shape of "In Search of Adam's Secret Sauce" (12 layers x 768,
+12 heads, seq 2048, batch 256, bf16 compute, AdamW wd 0.1, warmup 10% + cosine, global-norm clip 1).
 
 Byte-level (vocab 256) on the bundled corpus by default; for the paper's setting point
 config.data at your own tokenized nanoGPT-style .bin files and set the vocabulary, e.g.

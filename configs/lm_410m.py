@@ -1,5 +1,5 @@
-"""lm_410m: the Pythia-410M shape of seed 004 (24 layers x 1024, 16 heads, seq 2048, batch 256,
-bf16 compute, AdamW wd 0.1, warmup 10% + cosine, global-norm clip 1). See lm_160m.py for data.
+"""lm_410m: the Pythia-410M shape of "In Search of Adam's Secret Sauce" (24 layers x 1024,
+16 heads, seq 2048, batch 256, bf16 compute, AdamW wd 0.1, warmup 10% + cosine, global-norm clip 1). See lm_160m.py for data.
 
 Sized for several accelerators: e.g. --config.mesh.fsdp=-1 (or data=2, fsdp=-1 across hosts).
 """

@@ -1,6 +1,7 @@
 """Benchmark: the jitted update simulator vs a straightforward numpy loop (same run, interleaved).
 
-Both run seed 000's theory model (g ~ N(0, 1), Delta_t = g_t / sqrt(mean_{i<=t} g_i^2)) on n
+Both run the theory model of "On the Distributional Properties of Adaptive Gradients"
+(g ~ N(0, 1), Delta_t = g_t / sqrt(mean_{i<=t} g_i^2)) on n
 coordinates for T steps in float32 and produce the same per-step outputs: a 200-bin histogram of
 Delta on [-5, 5] with under/overflow, and Delta's and the gradient's moments. The jax side is
 `optaxlab.theory.make_simulator` (one `lax.scan`, compiled once; the first call, compile included,

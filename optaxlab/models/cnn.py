@@ -1,4 +1,5 @@
-"""Small vision models in Flax NNX: the CNN of seed 002 and a plain MLP.
+"""Small vision models in Flax NNX: a plain MLP and the CNN of "Gradient Spread as an
+Intuition for the Adam Optimizer".
 
 CNN: ``[conv3x3 -> BatchNorm -> relu -> maxpool2x2] x len(channels) -> flatten -> fc(hidden)
 -> relu -> fc(num_classes)``. Convolutions have no bias (BatchNorm supplies it); BatchNorm

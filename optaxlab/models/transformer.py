@@ -1,4 +1,4 @@
-"""Decoder-only transformer LM (seed 004, App. A), in Flax NNX.
+"""Decoder-only transformer LM ("In Search of Adam's Secret Sauce", App. A), in Flax NNX.
 
 Pre-norm blocks ``x + attn(rms(x))``, ``x + swiglu(rms(x))``, final RMSNorm, untied
 embedding and head, no biases anywhere, rotary position embeddings (RoPE) on the first
