@@ -182,10 +182,13 @@ _NOT_IN_CONFIG = ("mask",)
 
 def _field_type(name: str, key: str) -> type:
     """The type a None-default hparam's config field takes, from the registry's signature
-    (`float | None` -> float); str when the signature does not say."""
+    (`float | None` -> float, a scalar-or-schedule -> float); str when the signature does not
+    say."""
     hint = typing.get_type_hints(optimizers.get(name)).get(key)
     args = [a for a in typing.get_args(hint) if a is not type(None)] if hint else []
-    return args[0] if len(args) == 1 and args[0] in (int, float, str, bool) else str
+    if len(args) == 1 and args[0] in (int, float, str, bool):
+        return args[0]
+    return float if float in args else str
 
 
 def optimizer_config(name: str, learning_rate: float, **overrides) -> ml_collections.ConfigDict:

@@ -324,7 +324,7 @@ class _Run:
                 except StopIteration:
                     break
                 n += 1
-                out = s.eval_step(state.params, state.rest, batch)
+                out = s.eval_step(state.params, state.rest, state.opt_state, batch)
                 for k, v in jax.device_get(out).items():
                     sums[k] = sums.get(k, 0.0) + float(v)
             if not sums:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optaxlab import monitor
+from optaxlab import monitor, optimizers
 from optaxlab.train import optim
 from optaxlab.train.state import TrainState, merge, split
 
@@ -97,9 +97,11 @@ def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransfor
     return new_state, metrics, stats
 
 
-def eval_step(params, rest, batch, *, graphdef, loss_fn: Callable):
-    """Sums over one batch: loss_sum, count (and correct for classification)."""
-    model = merge(graphdef, params, rest)
+def eval_step(params, rest, opt_state, batch, *, graphdef, loss_fn: Callable):
+    """Sums over one batch: loss_sum, count (and correct for classification), at the
+    optimizer's evaluation point (`optaxlab.optimizers.eval_params`: schedule-free's x, else
+    `params` itself)."""
+    model = merge(graphdef, optimizers.eval_params(opt_state, params), rest)
     _, aux = loss_fn(model, batch, train=False)
     return {k: aux[k] for k in ("loss_sum", "count", "correct") if k in aux}
 
@@ -117,6 +119,6 @@ def compile_steps(*, graphdef, tx, task: str, state_shardings, batch_sharding,
                     donate_argnums=(0,))
     evaluate = jax.jit(functools.partial(eval_step, graphdef=graphdef, loss_fn=loss_fn),
                        in_shardings=(state_shardings.params, state_shardings.rest,
-                                     batch_sharding),
+                                     state_shardings.opt_state, batch_sharding),
                        out_shardings=replicated)
     return train, evaluate
