@@ -240,3 +240,34 @@ def test_slurm_array_task_runs_its_point_and_survives_preemption(write_sweep, sw
     status = {r["name"]: r["status"] for r in read_csv(c / "results.csv")}
     assert status == {"lr=0.001,seed=0": "pending", "lr=0.001,seed=1": "pending",
                       "lr=0.001,seed=2": "finished"}
+
+
+def test_a_point_held_by_another_trainer_is_left_alone_then_run(write_sweep, sweep_cli, tmp_path):
+    """A point whose workdir another live trainer holds (its .lock) is reported as running
+    elsewhere, untouched, and the sweep exits 3; once that process is gone a rerun takes the
+    stale lock over and finishes the point."""
+    path = write_sweep('sweep(config=CONFIG, overrides={**TINY, "steps": 10, "eval_every": 10},'
+                       ' points=[{"seed": 0}, {"seed": 1}])')
+    root = tmp_path / "sweep"
+    held = root / "points" / "seed=1"
+    held.mkdir(parents=True)
+    holder = subprocess.Popen(["sleep", "600"])
+    try:
+        lock = json.dumps({"host": os.uname().nodename, "pid": holder.pid, "start": "earlier"})
+        (held / ".lock").write_text(lock)
+        proc = sweep_cli(path, "--workdir", root)
+        assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
+        out = proc.stdout + proc.stderr
+        assert "skip   seed=1: its workdir is locked by another trainer process" in out, out
+        assert "1 running elsewhere" in out, out
+        assert (held / ".lock").read_text() == lock  # the holder's lock is not touched
+        assert not (held / "metrics.jsonl").exists()
+        assert json.loads((root / "points" / "seed=0" / "status.json").read_text())[
+            "status"] == "finished"
+    finally:
+        holder.kill()
+        holder.wait()
+    proc = sweep_cli(path, "--workdir", root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((held / "status.json").read_text())["status"] == "finished"
+    assert "taking over the stale lock" in (held / "train.log").read_text()
