@@ -80,7 +80,22 @@ def log_grid(start: float, stop: float, num: int | None = None, *,
         raise SweepError(f"log_grid: num={num!r} must be a positive int")
     if num == 1:
         return [_round(start, digits)]
-    return [_round(10 ** (lo + (hi - lo) * i / (num - 1)), digits) for i in range(num)]
+    if per_decade is None:
+        logs = [lo + (hi - lo) * i / (num - 1) for i in range(num)]
+    else:  # exact steps of 1/per_decade from the rounder endpoint (3.16 is sqrt(10) rounded:
+        # stepping from it would give 0.999 for 1), the other endpoint as given
+        step = math.copysign(1.0 / per_decade, hi - lo)
+        if _significant_digits(stop) < _significant_digits(start):
+            logs = [hi - (num - 1 - i) * step for i in range(num)]
+            logs[0] = lo
+        else:
+            logs = [lo + i * step for i in range(num)]
+            logs[-1] = hi
+    return [_round(10 ** x, digits) for x in logs]
+
+
+def _significant_digits(x: float) -> int:
+    return len(f"{x:.15g}".split("e")[0].replace(".", "").replace("-", "").strip("0"))
 
 
 def _round(x: float, digits: int) -> float:

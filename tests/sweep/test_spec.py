@@ -16,6 +16,10 @@ def test_log_grid_is_one_line_and_readable():
     assert log_grid(1e-3, 1e-1, 3) == [1e-3, 1e-2, 1e-1]
     assert log_grid(3e-4, 3e-4, 1) == [3e-4]
     assert log_grid(1e-4, 1e-2, per_decade=1, digits=1) == [1e-4, 1e-3, 1e-2]
+    # A rounded half-decade endpoint (3.16 ~ sqrt(10)) does not shift the decades off 1, 10, ...
+    assert log_grid(1e-2, 3.16, per_decade=2) == [0.01, 0.0316, 0.1, 0.316, 1.0, 3.16]
+    assert log_grid(3.16e-5, 1e-2, per_decade=2)[:2] == [3.16e-5, 1e-4]
+    assert log_grid(1e-1, 1e-3, per_decade=1) == [0.1, 0.01, 0.001]
     for bad in [dict(start=0.0, stop=1.0, num=3), dict(start=1e-3, stop=1e-1),
                 dict(start=1e-3, stop=1e-1, num=3, per_decade=1)]:
         with pytest.raises(SweepError):
