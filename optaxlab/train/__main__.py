@@ -114,8 +114,16 @@ def _unknown_field(argv: list[str], key: str) -> str | None:
         return None
 
 
+# `--config.FIELD=None` (e.g. optimizer.max_norm=None: no clipping): ml_collections parses a
+# float field's value with float(), so these are taken out of argv and applied after loading.
+_NONE_OVERRIDES: list[str] = []
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with every error as one line and exit code 2."""
+    _NONE_OVERRIDES[:] = [a[len("--config."):-len("=None")] for a in argv
+                          if a.startswith("--config.") and a.endswith("=None")]
+    argv = [a for a in argv if not (a.startswith("--config.") and a.endswith("=None"))]
     try:
         return FLAGS(argv)
     except flags.Error as e:
@@ -171,6 +179,19 @@ def main(argv):
     from optaxlab.train.loop import train
 
     overrides = config_flags.get_override_values(FLAGS["config"])
+    for path in _NONE_OVERRIDES:
+        *parents, leaf = path.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if hasattr(node, "get") else None
+        if node is None or not hasattr(node, "keys") or (
+                leaf not in node and not (path.startswith("optimizer.")
+                                          and "optimizer.name" in overrides)):
+            msg = config_lib.unknown_field_message(config, path)
+            _exit(msg or f"--config.{path}=None: no such field", errors.BAD_INPUT)
+        if leaf in node:
+            node[leaf] = None
+        overrides[path] = None
     try:
         if "optimizer.name" in overrides:
             explicit = {k.split(".", 1)[1]: v for k, v in overrides.items()

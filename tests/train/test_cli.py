@@ -298,3 +298,19 @@ def test_second_sigint_aborts_at_once_without_a_checkpoint(tmp_path):
     assert st["message"].startswith(f"aborted by a second SIGINT after step {st['step']}")
     last = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert last <= st["step"] and not (workdir / ".lock").exists()
+
+
+def test_cli_none_sets_a_field_to_none(tmp_path):
+    """--config.FIELD=None (a float field's parser cannot read it) turns e.g. clipping off, also
+    after an optimizer switch; a misspelt field is still refused."""
+    workdir = tmp_path / "noclip"
+    proc = run_cli("--config", "configs/lm_tiny.py", "--workdir", str(workdir), *TINY_LM,
+                   "--config.optimizer.name=signum", "--config.optimizer.max_norm=None")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = json.loads((workdir / "config.json").read_text())["optimizer"]
+    assert saved["name"] == "signum" and saved["max_norm"] is None
+    proc = run_cli("--config", "configs/lm_tiny.py", "--workdir", str(tmp_path / "bad"),
+                   *TINY_LM, "--config.optimizer.maxnorm=None")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "error: config.optimizer.maxnorm: unknown field; valid fields of config.optimizer:")
