@@ -18,6 +18,7 @@ Corollaries 1-2, the Section 6 shapes), "Gradient Spread as an Intuition for the
                     that the heavy 1/|m| tail of gamma near m = 0 does not dominate (the plain
                     mean is noisy from step to step)
   spread_step       mean of 1/sqrt(1 + gamma^2) = |m|/sqrt(v): the step the spread predicts
+                    (0 where v = 0; over all coordinates, as update_mean_abs)
   snr               mean of |mean|/sqrt(var), for the Gaussian VI tracker's state
   theory_tv         total variation distance between the observed Delta histogram (normalized,
                     under/overflow bins included) and the theory's bin masses under f_{m_eff(t)}:

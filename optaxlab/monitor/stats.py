@@ -55,7 +55,7 @@ LAYER_FIELDS = (
     "spread_sum",  # sum of gamma = sqrt(v - m^2)/|m| over coordinates with m != 0
     "spread_n",
     "spread_logsum",  # sum of log(max(gamma, 1e-6)) over the same coordinates (geometric mean)
-    "step_sum",  # sum of |m|/sqrt(v) = 1/sqrt(1 + gamma^2) over coordinates with v > 0
+    "step_sum",  # sum of |m|/sqrt(v) = 1/sqrt(1 + gamma^2) (0 where v = 0)
     "step_n",
     "snr_sum",  # sum of |mean|/sqrt(var) for the Gaussian VI tracker, over var > 0
     "snr_n",
@@ -214,9 +214,12 @@ def leaf_sums(g, u, p, moments: Moments | None, inv_lr, corr, s: Settings):
         v["spread_sum"] = total(jnp.where(ok, gamma, 0.0))
         v["spread_n"] = count(ok)
         v["spread_logsum"] = total(jnp.where(ok, jnp.log(jnp.maximum(gamma, 1e-6)), 0.0))
-        # predicted step 1/sqrt(1 + gamma^2) = |m|/sqrt(v): Adam's direction (0 where v = 0)
+        # predicted step 1/sqrt(1 + gamma^2) = |m|/sqrt(v): Adam's direction, 0 where v = 0
+        # (a coordinate that never had a gradient does not move), averaged over every
+        # coordinate as update_mean_abs is, so the two compare also with dead units or unseen
+        # embedding rows.
         v["step_sum"] = total(jnp.abs(theory.adam_direction(m, msq)))
-        v["step_n"] = count(msq > 0)
+        v["step_n"] = count(jnp.ones_like(msq, dtype=bool))
         if moments.kind == "vi":
             var = jnp.maximum(msq - m * m, 0.0)
             pos = var > 0
