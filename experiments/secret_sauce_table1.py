@@ -119,10 +119,15 @@ def main() -> None:
         shutil.copytree(args.sweep_dir / "plots", out / "plots", dirs_exist_ok=True)
         files += sorted((out / "plots").glob("*.png"))
     wall = time.perf_counter() - t0
+    ran = [r for r in res if r["status"] in ("finished", "diverged") and r["wall_s"]]
+    point_s = sum(float(r["wall_s"]) for r in ran)
     md = ["# In Search of Adam's Secret Sauce, Table 1 at laptop scale (lm_tiny, 300 steps)", "",
-          f"Command: `python experiments/secret_sauce_table1.py` (sweep `{SWEEP}`). Wall clock "
-          f"{wall:.0f} s on the shared 2-core CPU (nice 19): stage 1 {t1 - t0:.0f} s, stage 2 "
-          f"{t2 - t1:.0f} s.", "",
+          f"Command: `python experiments/secret_sauce_table1.py` (sweep `{SWEEP}`). Cost: "
+          f"{len(ran)} points ran, {point_s:.0f} s of point wall time in all (median "
+          f"{statistics.median(float(r['wall_s']) for r in ran):.0f} s per point; with 2 "
+          f"workers about {point_s / 2 / 60:.0f} min) on the shared 2-core CPU (nice 19). This "
+          f"invocation: {wall:.0f} s (stage 1 {t1 - t0:.0f} s, stage 2 {t2 - t1:.0f} s; a rerun "
+          "skips finished points).", "",
           "Validation loss in nats per byte over 32 batches of 16 x 64 bytes; perplexity per byte "
           "(exp of the loss), mean +- std over seeds 0, 1, 2 at the best seed-0 setting. The "
           "paper's numbers are per-token perplexities of a 160M model on SlimPajama: compare "
