@@ -35,8 +35,8 @@ LABEL = {"adam": "Adam", "signum": "Signum", "rmsprop": "RMSprop", "sgd_cclip": 
          "signsgd": "SignSGD", "sgd_gclip": "SGD+Gclip", "momentum": "SGD (momentum, no clip)"}
 
 
-def sweep(sweep_dir: Path, workers: int, extra: list[str]) -> None:
-    cmd = [sys.executable, "-m", "optaxlab.sweep", SWEEP, "--workdir", str(sweep_dir),
+def sweep(sweep_dir: Path, workers: int, extra: list[str], sweep_file: str = SWEEP) -> None:
+    cmd = [sys.executable, "-m", "optaxlab.sweep", sweep_file, "--workdir", str(sweep_dir),
            "--workers", str(workers), "--quiet", *extra]
     print("$", " ".join(cmd), flush=True)
     rc = subprocess.call(cmd, cwd=_common.REPO)
@@ -64,17 +64,14 @@ def setting(r: dict) -> tuple:
     return (r["optimizer.name"], r["optimizer.learning_rate"], r.get("optimizer.clip", ""))
 
 
-def main() -> None:
-    p = _common.parser(__file__, __doc__.splitlines()[0])
-    p.add_argument("--sweep-dir", type=Path, default=_common.REPO / "runs" / "table1")
-    p.add_argument("--workers", type=int, default=2)
-    args = p.parse_args()
-    out = _common.out_dir(args.out)
+def two_stage(sweep_file: str, sweep_dir: Path, workers: int):
+    """Stage 1: seed 0 of every point; stage 2: seeds 1 and 2 of each optimizer's best stage-1
+    point. Returns (results.csv rows, {optimizer: best seed-0 row}, stage-1 s, stage-2 s)."""
     t0 = time.perf_counter()
-    sweep(args.sweep_dir, args.workers, ["--only", "seed=0"])
+    sweep(sweep_dir, workers, ["--only", "seed=0"], sweep_file)
     t1 = time.perf_counter()
-    res = rows(args.sweep_dir)
-    plan = json.loads((args.sweep_dir / "sweep.json").read_text())
+    res = rows(sweep_dir)
+    plan = json.loads((sweep_dir / "sweep.json").read_text())
     index = {pt["name"]: pt["index"] for pt in plan["points"]}
     best = {}
     for r in res:
@@ -87,9 +84,19 @@ def main() -> None:
     for r in best.values():
         stem = r["name"].rsplit(",seed=", 1)[0]
         picks += ["--index", str(index[f"{stem},seed=1"]), "--index", str(index[f"{stem},seed=2"])]
-    sweep(args.sweep_dir, args.workers, picks)
+    sweep(sweep_dir, workers, picks, sweep_file)
     t2 = time.perf_counter()
-    res = rows(args.sweep_dir)
+    return rows(sweep_dir), best, t1 - t0, t2 - t1
+
+
+def main() -> None:
+    p = _common.parser(__file__, __doc__.splitlines()[0])
+    p.add_argument("--sweep-dir", type=Path, default=_common.REPO / "runs" / "table1")
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args()
+    out = _common.out_dir(args.out)
+    t0 = time.perf_counter()
+    res, best, stage1, stage2 = two_stage(SWEEP, args.sweep_dir, args.workers)
     table = []
     for name, b in best.items():
         seeds = [r for r in res if setting(r) == setting(b)]
@@ -126,7 +133,7 @@ def main() -> None:
           f"{len(ran)} points ran, {point_s:.0f} s of point wall time in all (median "
           f"{statistics.median(float(r['wall_s']) for r in ran):.0f} s per point; with 2 "
           f"workers about {point_s / 2 / 60:.0f} min) on the shared 2-core CPU (nice 19). This "
-          f"invocation: {wall:.0f} s (stage 1 {t1 - t0:.0f} s, stage 2 {t2 - t1:.0f} s; a rerun "
+          f"invocation: {wall:.0f} s (stage 1 {stage1:.0f} s, stage 2 {stage2:.0f} s; a rerun "
           "skips finished points).", "",
           "Validation loss in nats per byte over 32 batches of 16 x 64 bytes; perplexity per byte "
           "(exp of the loss), mean +- std over seeds 0, 1, 2 at the best seed-0 setting. The "
