@@ -220,6 +220,13 @@ class Driver:
                 keys[key] = []
                 jobs.append(keys[key])
             keys[key].append(p)
+        if hasattr(self.runner, "split"):  # vectorized groups: capped, one per worker at least
+            jobs = [chunk for job in jobs for chunk in self.runner.split(job, len(self.slots))]
+        if hasattr(self.runner, "describe"):
+            for job in jobs:
+                text = self.runner.describe(job)
+                if text:
+                    self.progress.event(text)
 
         start_time = time.time()
         base_steps = {p.name: states[p.name].step for p in todo}
@@ -420,6 +427,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="do not share JAX's persistent compilation cache between points")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr (sweep.log "
                    "still gets it)")
+    p.add_argument("--vectorize", action=argparse.BooleanOptionalAction, default=True,
+                   help="run points that differ only in seed, learning rate and numeric "
+                   "optimizer hyperparameters as one vectorized program per group (default: "
+                   "on); --no-vectorize: one trainer process per point")
+    p.add_argument("--max-members", type=int, default=None, metavar="K",
+                   help="at most K points per vectorized group (default: what fits in half "
+                   "the free memory, from optaxlab.train.memory's estimate)")
     return p
 
 
@@ -492,6 +506,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.workers < 1:
             raise SweepError(f"--workers {args.workers}: must be >= 1")
+        if args.max_members is not None and args.max_members < 1:
+            raise SweepError(f"--max-members {args.max_members}: must be >= 1")
         plan = _load_plan(args, sweep_dir)
         points = select(plan, args.only, args.index)
     except SweepError as e:
@@ -546,7 +562,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
             if env:
                 progress.event(f"compilation cache: {env['JAX_COMPILATION_CACHE_DIR']}")
         progress.event(f"log: {sweep_dir / LOG}")
-        runner = runner_lib.SubprocessRunner(plan, sweep_dir, env)
+        runner = (runner_lib.GroupRunner(plan, sweep_dir, env, max_members=args.max_members)
+                  if args.vectorize else runner_lib.SubprocessRunner(plan, sweep_dir, env))
         driver = Driver(plan, sweep_dir, runner, min(args.workers, max(len(todo), 1)),
                         progress, pin=not args.no_pin)
         t0 = time.time()
