@@ -221,7 +221,8 @@ class Driver:
                 jobs.append(keys[key])
             keys[key].append(p)
         if hasattr(self.runner, "split"):  # vectorized groups: capped, one per worker at least
-            jobs = [chunk for job in jobs for chunk in self.runner.split(job, len(self.slots))]
+            per_job = max(1, len(self.slots) // max(1, len(jobs)))  # idle workers take chunks
+            jobs = [chunk for job in jobs for chunk in self.runner.split(job, per_job)]
         if hasattr(self.runner, "describe"):
             for job in jobs:
                 text = self.runner.describe(job)
