@@ -144,6 +144,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--ks", default="1,2,4,8,16")
+    parser.add_argument("--scan-steps", type=int, default=100, help="steps of the per-member "
+                        "cost runs")
     parser.add_argument("--max-k", type=int, default=64, help="the largest group to run "
                         "(a short run, to show it fits)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 steps, 1 repeat")
@@ -152,7 +154,7 @@ def main() -> None:
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.repeats, args.ks, args.max_k = 20, 1, "1,2,4", 8
+        args.steps, args.repeats, args.ks, args.max_k, args.scan_steps = 20, 1, "1,2,4", 8, 20
 
     if args.child:
         folder = Path(args.dir)
@@ -208,12 +210,12 @@ def main() -> None:
         shutil.copy(sweep_file, d / sweep_file.name)
         ks = [int(k) for k in args.ks.split(",")]
         r = subprocess.run([*me, "--child", "scan", "--dir", str(d), "--ks", args.ks,
-                            "--steps", str(args.steps)], cwd=ROOT, env=env(),
+                            "--steps", str(args.scan_steps)], cwd=ROOT, env=env(),
                            capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(r.stderr[-3000:])
         scan = json.loads(r.stdout.split("RESULT ", 1)[1])
-        print(f"\n## Per-member cost as the group grows ({args.steps} steps + eval, one "
+        print(f"\n## Per-member cost as the group grows ({args.scan_steps} steps + eval, one "
               "process, 2 threads; steady = second run of the same K, program compiled)\n")
         print("| K | first run s (compile incl.) | steady s | steady s per member | "
               "vs K=1 per member |")
