@@ -528,6 +528,19 @@ def _main(argv: Sequence[str] | None = None) -> int:
                 "resume" if st.step else "run")
             would += act != "skip"
             print(f"  [{p.index:3d}] {act:6s} {st.status:11s} {p.name}")
+        if args.vectorize and would:
+            runner = runner_lib.GroupRunner(plan, sweep_dir, env, max_members=args.max_members)
+            todo = [p for p in points if outcome.point_state(
+                p.workdir(sweep_dir), p.steps).status not in (*outcome.DONE, outcome.RUNNING)]
+            keys: dict[Any, list[Point]] = {}
+            for p in todo:
+                keys.setdefault(runner.group_key(p), []).append(p)
+            per_job = max(1, len(slots) // max(1, len(keys)))
+            for job in keys.values():
+                for chunk in runner.split(job, per_job):
+                    text = runner.describe(chunk)
+                    if text:
+                        print(text)
         print(f"dry run: would run {would} point(s), skip {len(points) - would}; nothing written")
         return EXIT_DONE
 

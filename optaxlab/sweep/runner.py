@@ -294,8 +294,9 @@ class GroupRunner(SubprocessRunner):
 
     def split(self, points: Sequence[Point], workers: int) -> list[list[Point]]:
         """A job of same-key points as groups of at most max_members, at least one per worker
-        when there are enough points, sizes as equal as possible."""
-        points = list(points)
+        when there are enough points, sizes as equal as possible; members in point order (so
+        the same points always make the same groups, whatever order the caller has)."""
+        points = sorted(points, key=lambda p: p.index)
         if self.group_key(points[0])[0] == "solo":
             return [points]
         cap = self.max_members or self.default_max_members(points[0])
