@@ -77,8 +77,9 @@ def test_group_matches_solo_runs_a_huge_lr_diverges_alone_and_resume_is_exact(tm
     assert res.statuses == ["finished", "finished", "diverged"]
     assert res.exit_codes == [0, 0, 3]
 
-    # The healthy members equal their solo runs, step by step, and write what solo runs write.
-    for i in (0, 1):
+    # A healthy member equals its solo run, step by step, and writes what a solo run writes (all
+    # four members of an lr x seed group against their solo runs: the slow tests below).
+    for i in (0,):
         solo = train(configs[i], tmp_path / f"solo{i}", devices=ONE)
         assert [r["step"] for r in res.records[i]] == list(range(1, 11))
         assert rel_diff(losses(solo.records), losses(res.records[i])) < RTOL
@@ -95,6 +96,8 @@ def test_group_matches_solo_runs_a_huge_lr_diverges_alone_and_resume_is_exact(tm
         np.testing.assert_allclose(tb, losses(res.records[i]), rtol=1e-6)
         assert json.loads((workdirs[i] / V.GROUP_JSON).read_text())["member"] == i
         assert (workdirs[i] / "config.json").exists()
+    assert workdir_lib.read_status(workdirs[1])["status"] == "finished"
+    assert res.records[1][-1]["loss"] < res.records[1][0]["loss"]
 
     # The huge learning rate diverges alone: frozen, recorded at its step, the others go on.
     status = workdir_lib.read_status(workdirs[2])
