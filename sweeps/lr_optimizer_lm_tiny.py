@@ -2,9 +2,12 @@
 
 python -m optaxlab.sweep sweeps/lr_optimizer_lm_tiny.py --workdir runs/sweep --workers 2
 
-20 points of 300 steps each (~15-20 s per point on one core of a laptop CPU, most of it JAX
-import and compiles). The grids are log-spaced, 2 values per decade, one decade apart: Signum's
-steps are sign(m) * lr, so its good learning rates sit lower than Adam's.
+20 points of 300 steps each. They run vectorized by default (README "Vectorized sweeps"): the 10
+Adam points (5 learning rates x 2 seeds) share one compiled program, the 10 Signum points another;
+with --workers 2 each group runs in its own process on its own core (--no-vectorize: one trainer
+process per point, ~15-20 s each on one core of a laptop CPU, most of it JAX import and
+compiles). The grids are log-spaced, 2 values per decade, one decade apart: Signum's steps are
+sign(m) * lr, so its good learning rates sit lower than Adam's.
 """
 
 from optaxlab.sweep import log_grid, product, sweep

@@ -220,6 +220,14 @@ class Driver:
                 keys[key] = []
                 jobs.append(keys[key])
             keys[key].append(p)
+        if hasattr(self.runner, "split"):  # vectorized groups: capped, one per worker at least
+            per_job = max(1, len(self.slots) // max(1, len(jobs)))  # idle workers take chunks
+            jobs = [chunk for job in jobs for chunk in self.runner.split(job, per_job)]
+        if hasattr(self.runner, "describe"):
+            for job in jobs:
+                text = self.runner.describe(job)
+                if text:
+                    self.progress.event(text)
 
         start_time = time.time()
         base_steps = {p.name: states[p.name].step for p in todo}
@@ -420,6 +428,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="do not share JAX's persistent compilation cache between points")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr (sweep.log "
                    "still gets it)")
+    p.add_argument("--vectorize", action=argparse.BooleanOptionalAction, default=True,
+                   help="run points that differ only in seed, learning rate and numeric "
+                   "optimizer hyperparameters as one vectorized program per group (default: "
+                   "on); --no-vectorize: one trainer process per point")
+    p.add_argument("--max-members", type=int, default=None, metavar="K",
+                   help="at most K points per vectorized group (default: what fits in half "
+                   "the free memory, from optaxlab.train.memory's estimate)")
     return p
 
 
@@ -492,6 +507,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.workers < 1:
             raise SweepError(f"--workers {args.workers}: must be >= 1")
+        if args.max_members is not None and args.max_members < 1:
+            raise SweepError(f"--max-members {args.max_members}: must be >= 1")
         plan = _load_plan(args, sweep_dir)
         points = select(plan, args.only, args.index)
     except SweepError as e:
@@ -511,6 +528,19 @@ def _main(argv: Sequence[str] | None = None) -> int:
                 "resume" if st.step else "run")
             would += act != "skip"
             print(f"  [{p.index:3d}] {act:6s} {st.status:11s} {p.name}")
+        if args.vectorize and would:
+            runner = runner_lib.GroupRunner(plan, sweep_dir, env, max_members=args.max_members)
+            todo = [p for p in points if outcome.point_state(
+                p.workdir(sweep_dir), p.steps).status not in (*outcome.DONE, outcome.RUNNING)]
+            keys: dict[Any, list[Point]] = {}
+            for p in todo:
+                keys.setdefault(runner.group_key(p), []).append(p)
+            per_job = max(1, len(slots) // max(1, len(keys)))
+            for job in keys.values():
+                for chunk in runner.split(job, per_job):
+                    text = runner.describe(chunk)
+                    if text:
+                        print(text)
         print(f"dry run: would run {would} point(s), skip {len(points) - would}; nothing written")
         return EXIT_DONE
 
@@ -546,7 +576,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
             if env:
                 progress.event(f"compilation cache: {env['JAX_COMPILATION_CACHE_DIR']}")
         progress.event(f"log: {sweep_dir / LOG}")
-        runner = runner_lib.SubprocessRunner(plan, sweep_dir, env)
+        runner = (runner_lib.GroupRunner(plan, sweep_dir, env, max_members=args.max_members)
+                  if args.vectorize else runner_lib.SubprocessRunner(plan, sweep_dir, env))
         driver = Driver(plan, sweep_dir, runner, min(args.workers, max(len(todo), 1)),
                         progress, pin=not args.no_pin)
         t0 = time.time()

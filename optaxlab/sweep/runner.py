@@ -2,11 +2,12 @@
 a `group_key`) and polls it; everything else (plan, skip/resume, outcomes, progress, report) is
 independent of how a point runs.
 
-`SubprocessRunner` (today): one `python -m optaxlab.train` process per point, its output
-appended to the point's train.log, in its own session (the driver forwards signals itself), on
-its worker slot's CPUs. A runner for vectorized groups (many points in one jitted program) can
-implement the same two methods (`group_key`, `start`) and write each member's ordinary workdir
-files, exit_code included.
+`SubprocessRunner`: one `python -m optaxlab.train` process per point, its output appended to the
+point's train.log, in its own session (the driver forwards signals itself), on its worker slot's
+CPUs. `GroupRunner` (the default, `--vectorize`): points that differ only in seed, peak learning
+rate and numeric optimizer hyperparameters run as one `python -m optaxlab.sweep.group` process
+(one jitted program with a member axis, `optaxlab.train.vectorized`) that writes each member's
+ordinary workdir files; the driver writes their exit_code files as for solo points.
 
 CPU split: XLA:CPU sizes its thread pool from the process's CPU affinity mask; OMP_NUM_THREADS
 and --xla_cpu_multi_thread_eigen=false do not change how many cores a jitted step uses (measured
@@ -23,8 +24,11 @@ the small programs: init, eval step) unless the environment sets it.
 
 from __future__ import annotations
 
+import copy
 import ctypes
+import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -175,3 +179,180 @@ class SubprocessRunner:
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                 preexec_fn=_child_setup(cpus, os.getpid()))
         return SubprocessJob(point, proc, log, time.time())
+
+
+# ---------------------------------------------------------------------------------------------
+# Vectorized groups: many points, one process, one jitted program.
+
+GROUPS_DIR = "groups"
+MAX_MEMBERS_CAP = 256  # beyond this the per-member cost no longer falls (bench_sweep.py)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory a group may use: the free memory of the first NVIDIA GPU (nvidia-smi), else the
+    host's MemAvailable. (Not through jax: initializing a backend in the driver would make
+    every later fork of a trainer unsafe.)"""
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run([smi, "--query-gpu=memory.free", "--format=csv,noheader,"
+                                  "nounits"], capture_output=True, text=True, timeout=20)
+            return int(out.stdout.split()[0]) << 20
+        except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+            pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def member_bytes(config) -> float:
+    """Estimated bytes one member needs (optaxlab.train.memory: parameters, gradients,
+    optimizer state, activations), doubled for XLA's temporaries."""
+    from optaxlab.train import memory
+
+    est = memory.estimate(copy.deepcopy(config), devices=1)
+    acts = max(est.activations.values()) if est.activations else 0.0
+    return 2.0 * (est.static() + acts)
+
+
+class GroupJob:
+    """One `python -m optaxlab.sweep.group` process running several points."""
+
+    def __init__(self, points: Sequence[Point], proc: subprocess.Popen, log_file,
+                 started: float, group_dir: Path):
+        self.points = list(points)
+        self.proc = proc
+        self._log = log_file
+        self.started = started
+        self.group_dir = group_dir
+
+    def poll(self) -> dict[str, int] | None:
+        code = self.proc.poll()
+        if code is None:
+            return None
+        self._log.close()
+        codes = outcome._read_json(self.group_dir / "codes.json") or {}  # noqa: SLF001
+        dead = outcome.shell_exit_code(code)
+        return {p.name: int(codes.get(p.name, dead)) if code == 0 else dead
+                for p in self.points}
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+
+class GroupRunner(SubprocessRunner):
+    """Points whose configs differ only in seed, peak learning rate and numeric optimizer
+    hyperparameters (`optaxlab.train.vectorized.signature`) run together, at most
+    `max_members` per group (default: what fits in half the free memory), as one
+    `python -m optaxlab.sweep.group DIR/groups/<name>` process; the others (monitor on, a solo
+    checkpoint to resume, a config that needs several devices) run as solo trainers."""
+
+    def __init__(self, plan: Plan, sweep_dir: Path, env: Mapping[str, str] | None = None,
+                 python: str | None = None, max_members: int | None = None):
+        super().__init__(plan, sweep_dir, env, python)
+        self.max_members = max_members
+        self.solo_reasons: dict[str, str] = {}
+        self._configs: dict[str, object] = {}
+        self._base = None
+
+    def config(self, point: Point):
+        """The point's training config, as its trainer command builds it."""
+        if point.name not in self._configs:
+            from optaxlab.sweep import spec
+
+            if self._base is None:
+                file, _, arg = self.plan.config.partition(":")
+                self._base = spec.load_config_file(Path(file), arg or None)
+            self._configs[point.name] = spec.point_config(
+                self._base, copy.deepcopy(self._base.optimizer), point.overrides, point.name)
+        return self._configs[point.name]
+
+    def group_key(self, point: Point) -> Hashable:
+        from optaxlab.train import vectorized
+
+        try:
+            cfg = self.config(point)
+        except Exception as e:  # noqa: BLE001 - its solo trainer reports it (exit 2)
+            self.solo_reasons[point.name] = f"its config does not build: {e}"
+            return ("solo", point.index)
+        why = vectorized.groupable(cfg)
+        ckpts = point.workdir(self.sweep_dir) / "checkpoints"
+        if why is None and ckpts.is_dir() and any(c.name.isdigit() for c in ckpts.iterdir()):
+            why = "it has a solo checkpoint to resume"
+        if why is not None:
+            self.solo_reasons[point.name] = why
+            return ("solo", point.index)
+        return ("vectorized", vectorized.signature_key(cfg))
+
+    def split(self, points: Sequence[Point], workers: int) -> list[list[Point]]:
+        """A job of same-key points as groups of at most max_members, at least one per worker
+        when there are enough points, sizes as equal as possible; members in point order (so
+        the same points always make the same groups, whatever order the caller has)."""
+        points = sorted(points, key=lambda p: p.index)
+        if self.group_key(points[0])[0] == "solo":
+            return [points]
+        cap = self.max_members or self.default_max_members(points[0])
+        n = max(math.ceil(len(points) / cap), min(workers, len(points)))
+        size, extra = divmod(len(points), n)
+        out, start = [], 0
+        for i in range(n):
+            end = start + size + (1 if i < extra else 0)
+            out.append(points[start:end])
+            start = end
+        return out
+
+    def default_max_members(self, point: Point) -> int:
+        avail = available_memory_bytes()
+        if not avail:
+            return 16
+        return max(1, min(MAX_MEMBERS_CAP, int(0.5 * avail // member_bytes(self.config(point)))))
+
+    def describe(self, points: Sequence[Point]) -> str | None:
+        """A line saying how a job runs (None for a solo point)."""
+        if self.group_key(points[0])[0] == "solo":
+            why = self.solo_reasons.get(points[0].name)
+            return f"solo   {points[0].name}: not vectorized ({why})" if why else None
+        from optaxlab.train import vectorized
+
+        name = vectorized.group_name([p.name for p in points])
+        return (f"group  {name}: {len(points)} point(s) vectorized in one program: "
+                f"{', '.join(p.name for p in points)}")
+
+    def start(self, points: Sequence[Point], cpus: list[int] | None):
+        if self.group_key(points[0])[0] == "solo":
+            return super().start(points, cpus)
+        from optaxlab.sweep import group as group_lib
+        from optaxlab.train import vectorized
+
+        name = vectorized.group_name([p.name for p in points])
+        group_dir = self.sweep_dir / GROUPS_DIR / name
+        group_dir.mkdir(parents=True, exist_ok=True)
+        group_lib._write_json(group_dir / group_lib.GROUP_FILE, {  # noqa: SLF001
+            "config": self.plan.config,
+            "members": [{"name": p.name, "overrides": p.overrides,
+                         "workdir": str(p.workdir(self.sweep_dir))} for p in points]})
+        (group_dir / group_lib.CODES_FILE).unlink(missing_ok=True)
+        stamp = time.strftime('%Y-%m-%dT%H:%M:%S')
+        header = (f"{outcome.ATTEMPT_HEADER} at {stamp} on {socket.gethostname()} (cpus: "
+                  f"{cpus or 'all'}) <==\n")
+        for i, p in enumerate(points):
+            with open(p.workdir(self.sweep_dir) / outcome.LOG_FILE, "a") as f:
+                f.write(header + f"vectorized: member {i} of {len(points)} in {group_dir} "
+                        f"(its log: {group_dir / outcome.LOG_FILE})\n")
+        log = open(group_dir / outcome.LOG_FILE, "ab")  # noqa: SIM115 - closed by the job
+        log.write(header.encode())
+        log.flush()
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen([self.python, "-m", "optaxlab.sweep.group", str(group_dir)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True,
+                                preexec_fn=_child_setup(cpus, os.getpid()))
+        return GroupJob(points, proc, log, time.time(), group_dir)

@@ -1,6 +1,7 @@
 """`--slurm-array`: an sbatch job-array script whose task i runs point i through the sweep runner.
 
-Each task is `python -m optaxlab.sweep --workdir DIR --index $SLURM_ARRAY_TASK_ID --no-report`:
+Each task is `python -m optaxlab.sweep --workdir DIR --index $SLURM_ARRAY_TASK_ID --no-report
+--no-vectorize` (one point per task, as a solo trainer):
 the same runner as a local sweep (skip when done, resume from the point's last checkpoint, the
 point lock, outcome files), so a task is idempotent and safe to requeue after preemption.
 SLURM sends SIGTERM to the task 120 s before its time limit (`--signal=B:TERM@120`); the runner
@@ -30,7 +31,8 @@ def array_spec(indices: Sequence[int]) -> str:
 
 def task_command(sweep_dir: Path, python: str | None = None) -> list[str]:
     return [python or sys.executable, "-m", "optaxlab.sweep", "--workdir",
-            str(Path(sweep_dir).absolute()), "--index", "${SLURM_ARRAY_TASK_ID}", "--no-report"]
+            str(Path(sweep_dir).absolute()), "--index", "${SLURM_ARRAY_TASK_ID}", "--no-report",
+            "--no-vectorize"]
 
 
 def write_script(plan: Plan, points: Sequence[Point], sweep_dir: Path,

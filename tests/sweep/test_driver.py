@@ -24,11 +24,13 @@ STEPS = 60  # TINY["steps"] of conftest.py
 def _steps(tiny):
     assert tiny["steps"] == STEPS
 # A 4-point grid (2 learning rates x 2 seeds), a point whose lr is huge (diverges at step 2) and
-# one whose config is invalid (b2 = 1.5).
+# one whose config the trainer rejects (a 2-device mesh on one device; the registry already refuses
+# an invalid optimizer hparam when the sweep is resolved). The sweeps run --no-vectorize: this
+# file tests the process-per-point runner (tests/sweep/test_vectorized_sweep.py the groups).
 GRID = """sweep(config=CONFIG, overrides=TINY, name="e2e", points=product(
         {"optimizer.learning_rate": [1e-3, 3e-3], "seed": [0, 1]})
         + [{"optimizer.learning_rate": 1e30, "seed": 0},
-           {"optimizer.learning_rate": 1e-3, "seed": 0, "optimizer.b2": 1.5}])"""
+           {"optimizer.learning_rate": 1e-3, "seed": 0, "mesh.data": 2}])"""
 KILLED = "lr=0.001,seed=0"
 
 
@@ -81,7 +83,7 @@ def test_sweep_survives_kills_records_outcomes_and_matches_print_commands(
     points = a / "points"
     log = open(tmp_path / "first_run.txt", "w")  # noqa: SIM115
     driver = subprocess.Popen([sys.executable, "-m", "optaxlab.sweep", str(sweep_file),
-                               "--workdir", str(a), "--workers", "2"], cwd=ROOT,
+                               "--workdir", str(a), "--workers", "2", "--no-vectorize"], cwd=ROOT,
                               env=sweep_env, stdout=log, stderr=subprocess.STDOUT)
     try:
         # kill -9 of a worker: point 0 is frozen after its first checkpoint, then killed.
@@ -109,7 +111,7 @@ def test_sweep_survives_kills_records_outcomes_and_matches_print_commands(
     assert f"failed {KILLED}: exit 137: killed by SIGKILL" in first, first[-3000:]
 
     # The rerun resumes what was interrupted, runs what was not started, skips nothing done.
-    rerun = sweep_cli(sweep_file, "--workdir", a, "--workers", 2)
+    rerun = sweep_cli(sweep_file, "--workdir", a, "--workers", 2, "--no-vectorize")
     assert rerun.returncode == 3, rerun.stderr[-3000:]  # 3: one point has an invalid config
     assert f"resume {KILLED}" in rerun.stderr
     assert f"resume {other.name}" in rerun.stderr or f"start  {other.name}" in rerun.stderr
@@ -117,12 +119,12 @@ def test_sweep_survives_kills_records_outcomes_and_matches_print_commands(
     assert {n: r["status"] for n, r in rows.items()} == {
         "lr=0.001,seed=0": "finished", "lr=0.001,seed=1": "finished",
         "lr=0.003,seed=0": "finished", "lr=0.003,seed=1": "finished",
-        "lr=1e+30,seed=0": "diverged", "lr=0.001,b2=1.5,seed=0": "invalid"}
+        "lr=1e+30,seed=0": "diverged", "lr=0.001,data=2,seed=0": "invalid"}
     assert rows["lr=1e+30,seed=0"]["diverged_step"] == "2"
     assert rows["lr=1e+30,seed=0"]["exit_code"] == "3"
-    invalid = rows["lr=0.001,b2=1.5,seed=0"]
-    assert invalid["exit_code"] == "2" and "b2=1.5" in invalid["message"]
-    assert not (points / "lr=0.001,b2=1.5,seed=0" / "metrics.jsonl").exists()
+    invalid = rows["lr=0.001,data=2,seed=0"]
+    assert invalid["exit_code"] == "2" and "mesh" in invalid["message"]
+    assert not (points / "lr=0.001,data=2,seed=0" / "metrics.jsonl").exists()
     for name, row in rows.items():  # every number in results.csv is the point's metrics.jsonl
         if row["status"] != "finished":
             continue
@@ -146,7 +148,7 @@ def test_sweep_survives_kills_records_outcomes_and_matches_print_commands(
 
     # A second rerun has nothing to do, and says so.
     logs = {p: p.stat().st_mtime_ns for p in points.glob("*/train.log")}
-    again = sweep_cli(sweep_file, "--workdir", a, "--workers", 2)
+    again = sweep_cli(sweep_file, "--workdir", a, "--workers", 2, "--no-vectorize")
     assert again.returncode == 3
     assert "nothing to run: all 6 selected point(s) are done (4 finished, 1 diverged, " \
            "1 invalid)" in again.stderr

@@ -1,0 +1,195 @@
+"""Vectorized groups (optaxlab.train.vectorized) against solo runs of the same configs.
+
+Round-off: a member's per-step losses equal its solo run's to ~1e-7 relative, not bitwise,
+because (1) the hyperparameters are float32 arrays in the group and Python floats folded into
+the solo program (1 - b2 is rounded once in float64 there, computed in float32 here), (2) the
+learning rate is f32(peak) * f32(shape(t)) instead of the schedule evaluated with the peak
+inside, and (3) XLA compiles the vmapped (batched) matmuls and reductions with other loop
+orders and fusions. Each step's difference is an ulp or two; it grows slowly over steps.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from optaxlab.train import ConfigError, train
+from optaxlab.train import metrics as metrics_lib
+from optaxlab.train import vectorized as V
+from optaxlab.train import workdir as workdir_lib
+
+ROOT = Path(__file__).resolve().parents[2]
+ONE = jax.devices()[:1]
+RTOL = 2e-6  # float32 round-off over a few steps (measured: < 2e-7 on lm_tiny, 10 steps)
+
+
+def load_config(name):
+    spec = importlib.util.spec_from_file_location(f"config_{name}", ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def _set(c, fields):
+    for k, v in fields.items():
+        node = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    return c
+
+
+def tiny_lm(**fields):
+    """tests/train/test_loop.py's few-step lm_tiny."""
+    c = load_config("lm_tiny")
+    c.steps, c.batch_size, c.seq_len, c.log_every = 10, 8, 32, 1
+    c.model.d_model, c.model.n_layers, c.model.n_heads, c.model.max_len = 32, 1, 4, 32
+    c.eval_every, c.checkpoint_every, c.keep_checkpoints = 0, 5, 3
+    c.monitor.every, c.progress_bar, c.data.num_threads = 0, False, 0
+    return _set(c, fields)
+
+
+def losses(records):
+    return np.array([r["loss"] for r in records])
+
+
+def rel_diff(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(a), 1e-30)))
+
+
+def run_group(configs, root: Path, name: str, **kw):
+    workdirs = [root / name / f"m{i}" for i in range(len(configs))]
+    return V.train_group(configs, workdirs, root / name / "group", **kw), workdirs
+
+
+def test_group_matches_solo_runs_a_huge_lr_diverges_alone_and_resume_is_exact(tmp_path):
+    configs = [tiny_lm(**{"optimizer.learning_rate": 1e-3, "seed": 0}),
+               tiny_lm(**{"optimizer.learning_rate": 3e-3, "seed": 1}),
+               tiny_lm(**{"optimizer.learning_rate": 1e30, "seed": 0})]
+    res, workdirs = run_group(configs, tmp_path, "full", devices=ONE)
+    assert res.statuses == ["finished", "finished", "diverged"]
+    assert res.exit_codes == [0, 0, 3]
+
+    # A healthy member equals its solo run, step by step, and writes what a solo run writes (all
+    # four members of an lr x seed group against their solo runs: the slow tests below).
+    for i in (0,):
+        solo = train(configs[i], tmp_path / f"solo{i}", devices=ONE)
+        assert [r["step"] for r in res.records[i]] == list(range(1, 11))
+        assert rel_diff(losses(solo.records), losses(res.records[i])) < RTOL
+        assert rel_diff([r["lr"] for r in solo.records],
+                        [r["lr"] for r in res.records[i]]) < 1e-6
+        assert set(res.records[i][0]) == set(solo.records[0])
+        on_disk = metrics_lib.read_jsonl(workdirs[i] / "metrics.jsonl")
+        assert [r["loss"] for r in on_disk] == [r["loss"] for r in res.records[i]]
+        status = workdir_lib.read_status(workdirs[i])
+        assert (status["status"], status["step"], status["exit_code"]) == ("finished", 10, 0)
+        ea = EventAccumulator(str(workdirs[i] / "tensorboard"))
+        ea.Reload()
+        tb = [e.value for e in ea.Scalars("train/loss")]
+        np.testing.assert_allclose(tb, losses(res.records[i]), rtol=1e-6)
+        assert json.loads((workdirs[i] / V.GROUP_JSON).read_text())["member"] == i
+        assert (workdirs[i] / "config.json").exists()
+    assert workdir_lib.read_status(workdirs[1])["status"] == "finished"
+    assert res.records[1][-1]["loss"] < res.records[1][0]["loss"]
+
+    # The huge learning rate diverges alone: frozen, recorded at its step, the others go on.
+    status = workdir_lib.read_status(workdirs[2])
+    assert status["status"] == "diverged" and status["exit_code"] == 3
+    div = status["diverged_step"]
+    assert 1 <= div < 10
+    assert [r["step"] for r in metrics_lib.read_jsonl(workdirs[2] / "metrics.jsonl")] == \
+        list(range(1, div))
+    assert "non-finite" in status["message"]
+    frozen = V.member_state(res.state, 2)
+    assert int(frozen.step) == div - 1
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(frozen.params))
+
+    # Stopped at step 5 (checkpoint), resumed to 10: the same records as the uninterrupted group
+    # (the resumed run reuses the compiled program of the first: same signature, same K).
+    part, wd2 = run_group(configs, tmp_path, "resumed", devices=ONE, stop_after=5)
+    assert part.statuses[:2] == ["finished", "finished"]
+    assert (tmp_path / "resumed" / "group" / "checkpoints" / "5").is_dir()
+    rest, _ = run_group(configs, tmp_path, "resumed", devices=ONE)
+    assert rest.start_step == 5
+    assert rest.statuses == res.statuses
+    for i in (0, 1):
+        whole = metrics_lib.read_jsonl(wd2[i] / "metrics.jsonl")
+        assert [r["step"] for r in whole] == list(range(1, 11))
+        np.testing.assert_array_equal([r["loss"] for r in whole], losses(res.records[i]))
+    assert workdir_lib.read_status(wd2[2])["diverged_step"] == div
+
+
+def test_members_that_cannot_share_a_program_are_refused_before_anything_is_written(tmp_path):
+    a = tiny_lm()
+    b = tiny_lm(**{"batch_size": 4})
+    with pytest.raises(ConfigError, match="batch_size"):
+        run_group([a, b], tmp_path, "g")
+    with pytest.raises(ConfigError, match="monitor"):
+        run_group([tiny_lm(**{"monitor.every": 1})], tmp_path, "g")
+    with pytest.raises(ConfigError, match="3 members cannot be split over 2 devices"):
+        run_group([a, a, a], tmp_path, "g", devices=jax.devices()[:2])
+    assert not (tmp_path / "g").exists()
+    # What may differ: seed, peak lr and numeric hparams; None vs a number may not.
+    c = tiny_lm(**{"seed": 3, "optimizer.learning_rate": 0.1, "optimizer.b2": 0.9})
+    assert V.signature_key(a) == V.signature_key(c)
+    assert V.signature_key(a) != V.signature_key(tiny_lm(**{"optimizer.max_norm": None}))
+
+
+@pytest.mark.slow
+def test_lm_tiny_lr_x_seed_group_matches_each_solo_run(tmp_path):
+    configs = [tiny_lm(**{"optimizer.learning_rate": lr, "seed": s})
+               for lr in (1e-3, 3e-3) for s in (0, 1)]
+    res, _ = run_group(configs, tmp_path, "g", devices=ONE)
+    diffs = []
+    for i, c in enumerate(configs):
+        solo = train(c, tmp_path / f"solo{i}", devices=ONE)
+        diffs.append(rel_diff(losses(solo.records), losses(res.records[i])))
+    print(f"lm_tiny max relative loss difference member vs solo: {max(diffs):.3g}")
+    assert max(diffs) < RTOL
+
+
+def cnn(**fields):
+    c = load_config("cnn_digits")
+    c.steps, c.batch_size, c.log_every, c.eval_every = 8, 32, 1, 8
+    c.checkpoint_every, c.monitor.every, c.progress_bar = 8, 0, False
+    c.model.channels, c.model.hidden = (8, 16), 32
+    c.data.num_threads = 0
+    return _set(c, fields)
+
+
+@pytest.mark.slow
+def test_cnn_lr_x_seed_group_matches_each_solo_run_with_batchnorm_and_eval(tmp_path):
+    configs = [cnn(**{"optimizer.learning_rate": lr, "seed": s})
+               for lr in (1e-3, 1e-2) for s in (0, 1)]
+    res, _ = run_group(configs, tmp_path, "g", devices=ONE)
+    diffs = []
+    for i, c in enumerate(configs):
+        solo = train(c, tmp_path / f"solo{i}", devices=ONE)
+        diffs.append(rel_diff(losses(solo.records), losses(res.records[i])))
+        assert abs(solo.records[-1]["eval_accuracy"] - res.records[i][-1]["eval_accuracy"]) \
+            <= 1 / 300  # one validation example at most
+        assert rel_diff([solo.records[-1]["eval_loss"]], [res.records[i][-1]["eval_loss"]]) \
+            < 1e-4
+    print(f"cnn max relative loss difference member vs solo: {max(diffs):.3g}")
+    assert max(diffs) < 1e-5
+
+
+@pytest.mark.slow
+def test_member_axis_sharded_over_8_devices_equals_one_device(tmp_path):
+    assert jax.device_count() == 8
+    configs = [tiny_lm(**{"optimizer.learning_rate": lr, "seed": s})
+               for lr in (1e-3, 2e-3, 3e-3, 5e-3) for s in (0, 1)]
+    one, _ = run_group(configs, tmp_path, "one", devices=ONE)
+    eight, _ = run_group(configs, tmp_path, "eight", devices=jax.devices())
+    spec = jax.tree.leaves(eight.state.params)[0].sharding.spec
+    assert spec[0] == V.MEMBER_AXIS
+    assert len(jax.tree.leaves(eight.state.params)[0].sharding.device_set) == 8
+    for a, b in zip(one.records, eight.records, strict=True):
+        assert rel_diff(losses(a), losses(b)) < RTOL
