@@ -599,13 +599,15 @@ def _main(argv: Sequence[str] | None = None) -> int:
         write_report(sweep_dir)
     elif not args.no_report:
         print(f"results unchanged: {sweep_dir / 'summary.md'}")
-    bad = counts[outcome.FAILED] + counts[outcome.INVALID] + counts[outcome.INTERRUPTED] + \
-        counts[outcome.PENDING] + len(driver.busy)
+    # (a point running elsewhere is also counted as pending or interrupted: once)
+    bad = max(counts[outcome.FAILED] + counts[outcome.INVALID] + counts[outcome.INTERRUPTED]
+              + counts[outcome.PENDING], len(driver.busy))
     if bad:
-        print(f"{bad} point(s) need attention: "
-              f"{_fmt_counts(counts, (outcome.FAILED, outcome.INVALID, outcome.INTERRUPTED))}"
-              + (f", {len(driver.busy)} running elsewhere" if driver.busy else "")
-              + f"; see {sweep_dir / 'summary.md'}", file=sys.stderr)
+        parts = [_fmt_counts(counts, (outcome.FAILED, outcome.INVALID, outcome.INTERRUPTED,
+                                      outcome.PENDING)),
+                 f"of them {len(driver.busy)} running elsewhere" if driver.busy else ""]
+        print(f"{bad} point(s) need attention: {', '.join(p for p in parts if p)}"
+              f"; see {sweep_dir / 'summary.md'}", file=sys.stderr)
         return EXIT_INCOMPLETE
     return EXIT_DONE
 

@@ -5,6 +5,7 @@ a JAX import and compiles; the compilation cache is shared, see conftest.py)."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,10 +112,13 @@ def test_sweep_survives_kills_records_outcomes_and_matches_print_commands(
     assert f"failed {KILLED}: exit 137: killed by SIGKILL" in first, first[-3000:]
 
     # The rerun resumes what was interrupted, runs what was not started, skips nothing done.
+    other_done = outcome.point_state(other, STEPS).status == outcome.FINISHED
     rerun = sweep_cli(sweep_file, "--workdir", a, "--workers", 2, "--no-vectorize")
     assert rerun.returncode == 3, rerun.stderr[-3000:]  # 3: one point has an invalid config
     assert f"resume {KILLED}" in rerun.stderr
-    assert f"resume {other.name}" in rerun.stderr or f"start  {other.name}" in rerun.stderr
+    # (the other point may have reached its last step between the check above and the kill)
+    assert other_done or f"resume {other.name}" in rerun.stderr \
+        or f"start  {other.name}" in rerun.stderr, rerun.stderr[-3000:]
     rows = {r["name"]: r for r in read_csv(a / "results.csv")}
     assert {n: r["status"] for n, r in rows.items()} == {
         "lr=0.001,seed=0": "finished", "lr=0.001,seed=1": "finished",
@@ -142,7 +146,8 @@ def test_sweep_survives_kills_records_outcomes_and_matches_print_commands(
     resumed_at = int(killed_log.split("resumed from the checkpoint at step ")[1].split()[0])
     assert 10 <= resumed_at < at_kill
     summary = (a / "summary.md").read_text()
-    assert "| 1e+30 | 0.95 | diverged (1/1 seeds) | 1 | step 2 |" in summary
+    row = r"\| 1e\+30 \|[^\n]*\| diverged \(1/1 seeds\) \| 1 \| step 2 \|"
+    assert re.search(row, summary), summary
     assert "Warning" not in summary  # best lr 0.003 lies below the diverged 1e30
     assert (a / "plots" / "lr_tuning.png").stat().st_size > 10_000
 
@@ -257,11 +262,11 @@ def test_a_point_held_by_another_trainer_is_left_alone_then_run(write_sweep, swe
     try:
         lock = json.dumps({"host": os.uname().nodename, "pid": holder.pid, "start": "earlier"})
         (held / ".lock").write_text(lock)
-        proc = sweep_cli(path, "--workdir", root)
+        proc = sweep_cli(path, "--workdir", root, "--no-vectorize")
         assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
         out = proc.stdout + proc.stderr
         assert "skip   seed=1: its workdir is locked by another trainer process" in out, out
-        assert "1 running elsewhere" in out, out
+        assert "1 point(s) need attention: 1 pending, of them 1 running elsewhere" in out, out
         assert (held / ".lock").read_text() == lock  # the holder's lock is not touched
         assert not (held / "metrics.jsonl").exists()
         assert json.loads((root / "points" / "seed=0" / "status.json").read_text())[
@@ -269,7 +274,7 @@ def test_a_point_held_by_another_trainer_is_left_alone_then_run(write_sweep, swe
     finally:
         holder.kill()
         holder.wait()
-    proc = sweep_cli(path, "--workdir", root)
+    proc = sweep_cli(path, "--workdir", root, "--no-vectorize")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert json.loads((held / "status.json").read_text())["status"] == "finished"
     assert "taking over the stale lock" in (held / "train.log").read_text()
