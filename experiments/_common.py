@@ -66,3 +66,17 @@ def done(out: Path, files: Sequence[Path]) -> None:
     print(f"wrote {len(files)} files to {Path(out).resolve()}:")
     for f in files:
         print(f"  {Path(f).name}")
+
+
+def copy_sweep_outputs(sweep_dir: Path, out: Path, plots: bool = True) -> list[Path]:
+    """A sweep's results.csv and summary.md (and its plots/*.png) copied into `out`."""
+    import shutil
+
+    files = []
+    for name in ("results.csv", "summary.md"):
+        shutil.copy(sweep_dir / name, out / name)
+        files.append(out / name)
+    if plots and (sweep_dir / "plots").is_dir():
+        shutil.copytree(sweep_dir / "plots", out / "plots", dirs_exist_ok=True)
+        files += sorted((out / "plots").glob("*.png"))
+    return files

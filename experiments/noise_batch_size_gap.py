@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import math
-import shutil
 import subprocess
 import sys
 import time
@@ -58,9 +57,7 @@ def main() -> None:
     files = [_common.write_csv(out / "gap.csv", ["optimizer", "batch_size", "best_val_loss",
                                                  "best_lr", "lr_on_grid_edge", "gap_to_adam"],
                                rows)]
-    for f in ("results.csv", "summary.md"):
-        shutil.copy(args.sweep_dir / f, out / f)
-        files.append(out / f)
+    files += _common.copy_sweep_outputs(args.sweep_dir, out, plots=False)
     plt = _common.plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for n in names:

@@ -9,7 +9,6 @@ Adam.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -67,9 +66,7 @@ def main() -> None:
             for b in sizes) + " |")
     (out / "full_batch.md").write_text("\n".join(md) + "\n")
     files.append(out / "full_batch.md")
-    for f in ("results.csv", "summary.md"):
-        shutil.copy(args.sweep_dir / f, out / f)
-        files.append(out / f)
+    files += _common.copy_sweep_outputs(args.sweep_dir, out, plots=False)
     _common.done(out, files)
     print("\n".join(md))
 

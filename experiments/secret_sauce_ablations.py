@@ -8,7 +8,6 @@ writes ablations.md (mean +- std per setting) next to the sweep's results.csv an
 
 from __future__ import annotations
 
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -47,9 +46,7 @@ def main() -> None:
         md.append(f"| {g} | {cell} | {div} |")
     (out / "ablations.md").write_text("\n".join(md) + "\n")
     files = [out / "ablations.md"]
-    for f in ("results.csv", "summary.md"):
-        shutil.copy(args.sweep_dir / f, out / f)
-        files.append(out / f)
+    files += _common.copy_sweep_outputs(args.sweep_dir, out, plots=False)
     _common.done(out, files)
     print("\n".join(md))
 

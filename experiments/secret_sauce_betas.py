@@ -11,7 +11,6 @@ heatmap).
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -54,12 +53,7 @@ def main() -> None:
     cells = sorted({cell(r) for r in seed0})
     table = [[b1, b2, next(score(r) for r in seed0 if cell(r) == (b1, b2))] for b1, b2 in cells]
     files = [_common.write_csv(out / "cells.csv", ["b1", "b2", "val_loss_seed0"], table)]
-    for f in ("results.csv", "summary.md"):
-        shutil.copy(args.sweep_dir / f, out / f)
-        files.append(out / f)
-    if (args.sweep_dir / "plots").is_dir():
-        shutil.copytree(args.sweep_dir / "plots", out / "plots", dirs_exist_ok=True)
-        files += sorted((out / "plots").glob("*.png"))
+    files += _common.copy_sweep_outputs(args.sweep_dir, out)
     ran = [r for r in res if r["status"] in ("finished", "diverged") and r["wall_s"]]
     point_s = sum(float(r["wall_s"]) for r in ran)
     b1s = sorted({c[0] for c in cells})

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
 import statistics
 import subprocess
 import sys
@@ -119,12 +118,7 @@ def main() -> None:
     paper_order = sorted(PAPER_PPL, key=PAPER_PPL.get)
     files = [_common.write_csv(out / "table.csv", list(table[0]),
                                [list(d.values()) for d in table])]
-    for f in ("results.csv", "summary.md"):
-        shutil.copy(args.sweep_dir / f, out / f)
-        files.append(out / f)
-    if (args.sweep_dir / "plots").is_dir():
-        shutil.copytree(args.sweep_dir / "plots", out / "plots", dirs_exist_ok=True)
-        files += sorted((out / "plots").glob("*.png"))
+    files += _common.copy_sweep_outputs(args.sweep_dir, out)
     wall = time.perf_counter() - t0
     ran = [r for r in res if r["status"] in ("finished", "diverged") and r["wall_s"]]
     point_s = sum(float(r["wall_s"]) for r in ran)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import math
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -50,12 +49,7 @@ def main() -> None:
                                  edge=r["edge"], source="Table 1 study"))
     rows.sort(key=lambda d: d["loss_mean"])
     files = [_common.write_csv(out / "table.csv", list(rows[0]), [list(d.values()) for d in rows])]
-    for f in ("results.csv", "summary.md"):
-        shutil.copy(args.sweep_dir / f, out / f)
-        files.append(out / f)
-    if (args.sweep_dir / "plots").is_dir():
-        shutil.copytree(args.sweep_dir / "plots", out / "plots", dirs_exist_ok=True)
-        files += sorted((out / "plots").glob("*.png"))
+    files += _common.copy_sweep_outputs(args.sweep_dir, out)
     ran = [r for r in res if r["status"] in ("finished", "diverged") and r["wall_s"]]
     point_s = sum(float(r["wall_s"]) for r in ran)
     wall = time.perf_counter() - t0
