@@ -69,8 +69,8 @@ class Moments(NamedTuple):
     """One parameter leaf's first/second moment from the optimizer state."""
 
     first: jax.Array  # Adam's mu, or the tracker's mean
-    second: jax.Array  # Adam's nu (E[g^2]), or the tracker's var (E[g^2] - E[g]^2)
-    kind: str  # 'adam' (second = E[g^2]) or 'vi' (second = variance)
+    second: jax.Array  # E[g^2]: Adam's nu, or the tracker's nu (its var + mean^2)
+    kind: str  # 'adam' or 'vi' (the tracker: its SNR is logged); second = E[g^2] for both
 
 
 def path_name(path) -> str:
@@ -119,11 +119,11 @@ def _is_moment_node(x) -> bool:
     fields = getattr(x, "_fields", None)
     if not isinstance(x, tuple) or fields is None or type(x).__name__ in _NOT_MOMENTS:
         return False
-    return ("mu" in fields and "nu" in fields) or ("mean" in fields and "var" in fields)
+    return "nu" in fields and ("mu" in fields or "mean" in fields)
 
 
 def find_moments(opt_state) -> dict[str, Moments]:
-    """{leaf name: Moments} from the first (mu, nu) or (mean, var) NamedTuple of a state.
+    """{leaf name: Moments} from the first (mu, nu) or (mean, nu) NamedTuple of a state.
 
     Adam's `ScaleByAdamState` gives kind 'adam', the Gaussian VI tracker's state kind 'vi'.
     The moment trees are matched to the parameters by path name, so wrappers (chain,
@@ -132,7 +132,7 @@ def find_moments(opt_state) -> dict[str, Moments]:
     for node in jax.tree.leaves(opt_state, is_leaf=_is_moment_node):
         if _is_moment_node(node):
             adam = "mu" in node._fields
-            first, second = (node.mu, node.nu) if adam else (node.mean, node.var)
+            first, second = (node.mu, node.nu) if adam else (node.mean, node.nu)
             f, s = named_leaves(first), named_leaves(second)
             return {k: Moments(f[k], s[k], "adam" if adam else "vi") for k in f if k in s}
     return {}
@@ -205,8 +205,7 @@ def leaf_sums(g, u, p, moments: Moments | None, inv_lr, corr, s: Settings):
         v["p_sum2"] = total(p * p)
     if moments is not None:
         m, second = moments.first.astype(f32), moments.second.astype(f32)
-        # E[g^2]: Adam's nu, or the tracker's var + mean^2.
-        msq = second if moments.kind == "adam" else jnp.maximum(second, 0.0) + m * m
+        msq = second  # E[g^2]: Adam's nu, or the tracker's nu = var + mean^2
         if corr is not None:
             m, msq = m / corr[0], msq / corr[1]
         gamma = theory.spread(m, msq)  # inf where m = 0, nan where m = v = 0

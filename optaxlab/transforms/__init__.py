@@ -31,7 +31,8 @@ Adam with equal betas is *literally*::
 
 The tracker's *update* is a ``MeanVar(mean, var)`` pair of parameter-shaped trees (bias-corrected
 when ``debias=True``); the normalizer consumes that pair and returns a plain tree. Its *state*
-``GaussianVIState(count, mean, var)`` holds the raw recursion for logging. We chose a structured
+``GaussianVIState(count, mean, nu)`` holds the raw recursion for logging (m_t and
+v_t = s_t^2 + m_t^2; the variance s_t^2 is its property ``var``). We chose a structured
 update over one fused transform because (1) the normalizer is reusable with any other estimator
 that emits ``MeanVar`` (and in fixed-mollifier mode with any mean, e.g. ``ema`` for the Signum
 ablation), (2) the state is the minimum (two buffers, no copy of the variance in the normalizer),
@@ -46,7 +47,8 @@ Reading moments out of an optimizer state (for logging)
 -------------------------------------------------------
 These state types carry a gradient mean and a second moment / variance, per parameter leaf:
 
-  ``GaussianVIState(count, mean, var)``     mean m_t and variance s_t^2 (raw, not debiased)
+  ``GaussianVIState(count, mean, nu)``      mean m_t and raw second moment v_t (not debiased);
+                                            the variance s_t^2 = v_t - m_t^2 is ``.var``
   ``optax.ScaleByAdamState(count, mu, nu)`` mean m_t and raw second moment v_t (var = v - m^2
                                             only for b1 = b2); also rmsprop's bias-corrected
                                             ``optax.ScaleByRmsWithCountState(count, nu)`` (no mu)
@@ -55,8 +57,8 @@ These state types carry a gradient mean and a second moment / variance, per para
   ``ScaleByACClipState(mu, nu)``            mean mu and nu = EMA |g|^alpha (tau^alpha)
 
 Find them with ``optax.tree_utils.tree_get_all_with_path(state, 'mean')`` (field name) or
-``optax.tree.get(state, 'var')``; e.g. for ``adam_equal_betas`` both ``mean`` and ``var`` are
-unique in the state.
+``optax.tree.get(state, 'nu')``; e.g. in ``adam_equal_betas``'s state ``mean`` and ``nu`` are
+unique, and the tracker's variance is ``.var`` of the ``GaussianVIState`` holding them.
 """
 
 from optaxlab.transforms.clipping import ScaleByACClipState, clip_by_coordinate, scale_by_acclip

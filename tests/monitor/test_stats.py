@@ -196,10 +196,10 @@ def test_sharded_equal_shapes_are_not_gathered():
     _assert_sharded_matches(jax.jit(f), args, ref, also_forbid=("collective-permute",))
 
 
-class _VIState(NamedTuple):
+class _VIState(NamedTuple):  # the fields of optaxlab.transforms.GaussianVIState
     count: jax.Array
     mean: dict
-    var: dict
+    nu: dict  # var + mean^2
 
 
 def test_spread_identity_for_equal_betas_and_vi_snr():
@@ -237,11 +237,11 @@ def test_spread_step_compares_with_the_measured_step_when_some_rows_never_see_a_
     np.testing.assert_allclose(sc["spread_step/w"], sc["update_mean_abs/w"], rtol=1e-4)
     assert "snr/w" not in sc  # only for the VI tracker
 
-    # The Gaussian VI tracker's (mean, var) state: snr = mean |m|/sqrt(var), found in a chain.
+    # The Gaussian VI tracker's (mean, nu) state: snr = mean |m|/sqrt(var), found in a chain.
     m = jnp.linspace(-1.0, 1.0, 200).reshape(20, 10)
     var = jnp.full((20, 10), 0.25).at[0, 0].set(0.0)
     p = {"w": jnp.zeros((20, 10))}
-    vi = _VIState(jnp.asarray(3), {"w": m}, {"w": var})
+    vi = _VIState(jnp.asarray(3), {"w": m}, {"w": var + m * m})
     stats, _, _ = _stats(_fixed(p, (optax.EmptyState(), vi)), p, p, learning_rate=1.0)
     sc = monitor.summarize(stats)
     ok = np.asarray(var) > 0
