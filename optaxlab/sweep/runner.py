@@ -277,6 +277,7 @@ class GroupRunner(SubprocessRunner):
 
     def group_key(self, point: Point) -> Hashable:
         from optaxlab.train import vectorized
+        from optaxlab.train import workdir as workdir_lib
 
         try:
             cfg = self.config(point)
@@ -284,9 +285,15 @@ class GroupRunner(SubprocessRunner):
             self.solo_reasons[point.name] = f"its config does not build: {e}"
             return ("solo", point.index)
         why = vectorized.groupable(cfg)
-        ckpts = point.workdir(self.sweep_dir) / "checkpoints"
+        workdir = point.workdir(self.sweep_dir)
+        ckpts = workdir / "checkpoints"
         if why is None and ckpts.is_dir() and any(c.name.isdigit() for c in ckpts.iterdir()):
             why = "it has a solo checkpoint to resume"
+        if why is None and (held := workdir_lib.holder(workdir)) is not None:
+            # alone, so that only this point reports "running elsewhere" (a group takes every
+            # member's lock and would give up as a whole)
+            why = (f"its workdir is locked by another trainer process (pid {held.get('pid')} "
+                   f"on {held.get('host')})")
         if why is not None:
             self.solo_reasons[point.name] = why
             return ("solo", point.index)

@@ -120,6 +120,18 @@ def acquire(workdir) -> dict[str, Any]:
     raise _refuse(workdir, _read_lock(path) or {})
 
 
+def holder(workdir) -> dict[str, Any] | None:
+    """Who holds WORKDIR/.lock: its contents while a live process (or any process on another
+    host) holds it; None when it is free or stale (its process on this host is gone)."""
+    held = _read_lock(epath.Path(workdir) / LOCK)
+    if held is None:
+        return None
+    pid = held.get("pid")
+    if held.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+        return None
+    return held
+
+
 def release(workdir, holder: dict[str, Any]) -> None:
     """Remove WORKDIR/.lock if it is still `holder`'s."""
     path = epath.Path(workdir) / LOCK

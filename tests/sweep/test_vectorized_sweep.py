@@ -47,6 +47,24 @@ def test_runner_groups_by_signature_caps_members_and_keeps_others_solo(write_swe
     fresh = runner_lib.GroupRunner(plan, tmp_path)
     assert fresh.group_key(grid[0]) == ("solo", grid[0].index)
     assert "solo checkpoint" in fresh.describe([grid[0]])
+    # A point whose workdir a live trainer holds runs alone (its own trainer reports exit 5,
+    # "running elsewhere", for it only); once that process is gone, its stale lock does not
+    # keep it out of the group.
+    held = grid[1].workdir(tmp_path)
+    held.mkdir(parents=True)
+    holder = subprocess.Popen(["sleep", "600"])
+    try:
+        (held / ".lock").write_text(json.dumps(
+            {"host": os.uname().nodename, "pid": holder.pid, "start": "earlier"}))
+        locked = runner_lib.GroupRunner(plan, tmp_path)
+        assert locked.group_key(grid[1]) == ("solo", grid[1].index)
+        assert f"locked by another trainer process (pid {holder.pid}" in locked.describe(
+            [grid[1]])
+        assert locked.group_key(grid[2]) == keys[grid[2].name]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert runner_lib.GroupRunner(plan, tmp_path).group_key(grid[1]) == keys[grid[1].name]
 
 
 def alive(pid: int) -> bool:
