@@ -79,7 +79,8 @@ def _signal_name(code: int) -> str | None:
     return None
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None when it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -196,13 +197,13 @@ def point_state(workdir: Path, steps: int) -> State:
     step = last_step(workdir)
     if is_locked(workdir):
         return State(RUNNING, step, steps)
-    return classify(exit_code=read_exit_code(workdir), status=_read_json(workdir / STATUS_JSON),
+    return classify(exit_code=read_exit_code(workdir), status=read_json(workdir / STATUS_JSON),
                     log=last_attempt_log(workdir), step=step, steps=steps,
                     final_checkpoint=(workdir / "checkpoints" / str(steps)).is_dir())
 
 
 def read_outcome(workdir: Path) -> dict[str, Any]:
-    return _read_json(Path(workdir) / OUTCOME_JSON) or {}
+    return read_json(Path(workdir) / OUTCOME_JSON) or {}
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -222,7 +223,7 @@ def record_attempt(workdir: Path, name: str, steps: int, attempt: dict[str, Any]
         tmp.write_text(f"{exit_code}\n")
         os.replace(tmp, workdir / EXIT_CODE_FILE)
     state = classify(exit_code=None if exit_code == EXIT_LOCKED else read_exit_code(workdir),
-                     status=_read_json(workdir / STATUS_JSON), log=last_attempt_log(workdir),
+                     status=read_json(workdir / STATUS_JSON), log=last_attempt_log(workdir),
                      step=last_step(workdir), steps=steps,
                      final_checkpoint=(workdir / "checkpoints" / str(steps)).is_dir())
     if note and state.status in (INTERRUPTED, PENDING):
@@ -297,4 +298,4 @@ def is_locked(workdir: Path) -> bool:
 
 
 def lock_info(workdir: Path) -> dict[str, Any]:
-    return _read_json(Path(workdir) / LOCK_FILE) or {}
+    return read_json(Path(workdir) / LOCK_FILE) or {}

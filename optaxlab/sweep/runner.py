@@ -235,7 +235,7 @@ class GroupJob:
         if code is None:
             return None
         self._log.close()
-        codes = outcome._read_json(self.group_dir / "codes.json") or {}  # noqa: SLF001
+        codes = outcome.read_json(self.group_dir / "codes.json") or {}
         dead = outcome.shell_exit_code(code)
         return {p.name: int(codes.get(p.name, dead)) if code == 0 else dead
                 for p in self.points}

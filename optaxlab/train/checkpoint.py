@@ -166,7 +166,8 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
-def _differences(old: dict, new: dict) -> list[str]:
+def differences(old: dict, new: dict) -> list[str]:
+    """'key: checkpoint A, config B' for every flattened key whose value differs."""
     old, new = _flat(old), _flat(new)
     diffs = []
     for key in sorted(set(old) | set(new)):
@@ -190,7 +191,7 @@ def incompatibility(meta: dict, tree: dict, abstract: Any, fingerprint: dict,
     """What stops a checkpoint (its meta and leaf shapes) from resuming this config: the
     fingerprint fields that differ, else (when the state's structure differs) the optimizer
     fields that differ or the first leaf that differs; [] when it fits."""
-    diffs = _differences(meta.get("fingerprint", {}), fingerprint)
+    diffs = differences(meta.get("fingerprint", {}), fingerprint)
     if diffs:
         return diffs
     ours = _abstract_leaves(abstract)
@@ -200,7 +201,7 @@ def incompatibility(meta: dict, tree: dict, abstract: Any, fingerprint: dict,
     if old_opt.get("name") != optimizer.get("name"):
         return [f"optimizer.name: checkpoint {old_opt.get('name')}, config {optimizer.get('name')}"]
     skip = ("learning_rate", "schedule", "warmup_fraction", "lr_floor")
-    diffs = [f"optimizer.{d}" for d in _differences(
+    diffs = [f"optimizer.{d}" for d in differences(
         {k: v for k, v in old_opt.items() if k not in skip},
         {k: v for k, v in optimizer.items() if k not in skip})]
     if diffs:

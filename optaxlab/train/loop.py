@@ -78,7 +78,7 @@ class _Setup(NamedTuple):
     every: int  # monitor every N steps (0: off)
 
 
-def _datasets(config, task: str, rows):
+def datasets(config, task: str, rows):
     """(train dataset, val dataset or None) yielding this process's `rows` of each global
     batch (mesh.global_batch assembles the global arrays)."""
     if task == "lm":
@@ -107,7 +107,9 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
-def _save_config(config, workdir: epath.Path, start: int) -> None:
+def save_config(config, workdir: epath.Path, start: int) -> None:
+    """WORKDIR/config.json (or config.resumed_at_<start>.json when a resumed run's config
+    differs from the saved one)."""
     text = config.to_json_best_effort(indent=2, sort_keys=True)
     path = workdir / "config.json"
     if path.exists() and path.read_text() != text:
@@ -190,7 +192,7 @@ def _prepare(config, devices, stop_after, wrap_optimizer) -> _Setup:
         raise ConfigError(f"config.model: {e}") from e
     rows = mesh_lib.process_rows(mesh, config.batch_size)
     try:
-        train_ds, val_ds = _datasets(config, plan.task, rows)
+        train_ds, val_ds = datasets(config, plan.task, rows)
     except data_lib.DataError:
         raise
     except ValueError as e:
@@ -300,7 +302,7 @@ class _Run:
         start, state, data_iter = self._restore()
         self.step = start
         if self.is_main:
-            _save_config(config, workdir, start)
+            save_config(config, workdir, start)
         writer = self.writer = metrics_lib.Writer(workdir, resume_step=start,
                                                   enabled=self.is_main)
         per_step = config.batch_size * (config.seq_len if plan.task == "lm" else 1)

@@ -303,7 +303,7 @@ def check_group(configs: Sequence[Any]) -> str:
     for i, c in enumerate(configs[1:], 1):
         other = signature(c)
         if other != first:
-            diffs = ckpt_lib._differences(first, other)  # noqa: SLF001 - the same wording
+            diffs = ckpt_lib.differences(first, other)  # the same wording
             raise ConfigError(f"member {i} cannot share a group with member 0: "
                               f"{'; '.join(diffs[:3])} (only {', '.join(PER_MEMBER)} and numeric "
                               "optimizer hyperparameters may differ)")
@@ -339,7 +339,7 @@ def train_group(configs: Sequence[Any], workdirs: Sequence[Any], group_dir, *,
         local, mesh.devices.flat[0].platform))
     program = _program(base, k, mesh, task, member_batch)
     rows = np.arange(base.batch_size)
-    datasets = [loop_lib._datasets(c, task, rows) for c in configs]  # noqa: SLF001 - the
+    datasets = [loop_lib.datasets(c, task, rows) for c in configs]  # the
     # trainer's own pipelines, so that each member reads exactly its solo run's batches
     workdirs = [epath.Path(os.path.abspath(w)) for w in workdirs]
     group_dir = epath.Path(os.path.abspath(group_dir))
@@ -466,7 +466,7 @@ class _GroupRun:
             start, state, active, iters = self._restore(mngr)
             self.step = start
             for i, (c, w) in enumerate(zip(self.configs, self.workdirs, strict=True)):
-                loop_lib._save_config(c, w, start)  # noqa: SLF001 - the solo run's config.json
+                loop_lib.save_config(c, w, start)  # the solo run's config.json
                 (w / GROUP_JSON).write_text(json.dumps(
                     {"group_dir": os.fspath(self.group_dir), "member": i, "members": self.k,
                      "workdirs": [os.fspath(x) for x in self.workdirs]}, indent=1) + "\n")
