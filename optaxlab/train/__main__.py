@@ -70,11 +70,19 @@ class _NotFromOrbax(logging.Filter):
         return f"{os.sep}orbax{os.sep}" not in record.pathname
 
 
+class _NoUnretrievedFutures(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "exception was never retrieved" not in record.getMessage()
+
+
 def _quiet_library_noise() -> None:
     """Without --verbose: hide Orbax's own error logs (a failed background save logs the same
-    traceback once per thread) and the 'Event loop is closed' tracebacks its failed futures
-    leave; the run ends with our one-line error naming the cause either way."""
+    traceback once per thread), asyncio's 'Future exception was never retrieved' reports of
+    its other failed writes (logged when the process ends, e.g. on a full disk) and the 'Event
+    loop is closed' tracebacks its failed futures leave; the run ends with our one-line error
+    naming the cause either way."""
     logging.getLogger("absl").addFilter(_NotFromOrbax())
+    logging.getLogger("asyncio").addFilter(_NoUnretrievedFutures())
     previous = sys.unraisablehook
 
     def hook(unraisable) -> None:
