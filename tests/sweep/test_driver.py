@@ -176,7 +176,9 @@ def test_sweep_survives_kills_records_outcomes_and_matches_print_commands(
         p.wait(timeout=600)
     report = sweep_cli(b, module="optaxlab.sweep.report")
     assert report.returncode == 0, report.stderr
-    assert comparable(b / "results.csv", b) == comparable(a / "results.csv", a)
+    ca, cb = comparable(a / "results.csv", a), comparable(b / "results.csv", b)
+    assert cb == ca, {n: {k: (v, cb.get(n, {}).get(k)) for k, v in row.items()
+                          if cb.get(n, {}).get(k) != v} for n, row in ca.items()}
     for name, row in rows.items():
         if row["status"] == "finished":
             ra, rb = records(points / name), records(b / "points" / name)
