@@ -30,6 +30,15 @@ def parser(script: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+def sweep_parser(script: str, description: str, runs: str) -> argparse.ArgumentParser:
+    """`parser` plus the options of a script that runs a sweep: `--sweep-dir` (default
+    runs/<runs>/) and `--workers` (default 2)."""
+    p = parser(script, description)
+    p.add_argument("--sweep-dir", type=Path, default=REPO / "runs" / runs)
+    p.add_argument("--workers", type=int, default=2)
+    return p
+
+
 def out_dir(path: Path) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

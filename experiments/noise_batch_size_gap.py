@@ -14,7 +14,6 @@ import math
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import _common
 
@@ -22,9 +21,7 @@ SWEEP = "sweeps/noise_batch_size_lm_tiny.py"
 
 
 def main() -> None:
-    p = _common.parser(__file__, __doc__.splitlines()[0])
-    p.add_argument("--sweep-dir", type=Path, default=_common.REPO / "runs" / "noise_batch")
-    p.add_argument("--workers", type=int, default=2)
+    p = _common.sweep_parser(__file__, __doc__.splitlines()[0], "noise_batch")
     args = p.parse_args()
     out = _common.out_dir(args.out)
     t0 = time.perf_counter()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
 
 import _common
 from secret_sauce_table1 import rows as read_rows
@@ -20,9 +19,7 @@ SWEEP = "sweeps/secret_sauce_ablations_lm_tiny.py"
 
 
 def main() -> None:
-    p = _common.parser(__file__, __doc__.splitlines()[0])
-    p.add_argument("--sweep-dir", type=Path, default=_common.REPO / "runs" / "ablations")
-    p.add_argument("--workers", type=int, default=2)
+    p = _common.sweep_parser(__file__, __doc__.splitlines()[0], "ablations")
     args = p.parse_args()
     out = _common.out_dir(args.out)
     t0 = time.perf_counter()

@@ -89,9 +89,7 @@ def two_stage(sweep_file: str, sweep_dir: Path, workers: int):
 
 
 def main() -> None:
-    p = _common.parser(__file__, __doc__.splitlines()[0])
-    p.add_argument("--sweep-dir", type=Path, default=_common.REPO / "runs" / "table1")
-    p.add_argument("--workers", type=int, default=2)
+    p = _common.sweep_parser(__file__, __doc__.splitlines()[0], "table1")
     args = p.parse_args()
     out = _common.out_dir(args.out)
     t0 = time.perf_counter()

@@ -15,7 +15,6 @@ import csv
 import math
 import statistics
 import time
-from pathlib import Path
 
 import _common
 from secret_sauce_table1 import score, setting, two_stage
@@ -25,9 +24,7 @@ TABLE1 = _common.REPO / "experiments" / "results" / "secret_sauce_table1" / "tab
 
 
 def main() -> None:
-    p = _common.parser(__file__, __doc__.splitlines()[0])
-    p.add_argument("--sweep-dir", type=Path, default=_common.REPO / "runs" / "acclip")
-    p.add_argument("--workers", type=int, default=2)
+    p = _common.sweep_parser(__file__, __doc__.splitlines()[0], "acclip")
     args = p.parse_args()
     out = _common.out_dir(args.out)
     t0 = time.perf_counter()
