@@ -104,6 +104,13 @@ def checksums(state: Any) -> dict[str, int]:
     return {mesh_lib.name(p): int(v) for p, v in jax.tree_util.tree_leaves_with_path(sums)}
 
 
+def lower_checksums(abstract: Any) -> jax.stages.Lowered:
+    """The checksum program of a pytree shaped like `abstract` (ShapeDtypeStructs), lowered, to
+    compile it ahead (`optaxlab.train.compilation`); `checksums` then loads it from JAX's
+    persistent compilation cache."""
+    return _checksum_tree.lower(abstract)
+
+
 # ------------------------------------------------------------------------------ save
 
 

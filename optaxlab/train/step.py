@@ -58,14 +58,27 @@ def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransfor
     ['state_finite'] one flag for the new optimizer state and model variables, so the host can
     name what went wrong.
     """
-    step = state.step + 1
+    grads = loss_and_grads(state.params, state.rest, batch, graphdef=graphdef, loss_fn=loss_fn)
+    return apply_gradients(state, grads, tx=tx, watch=watch)
+
+
+def loss_and_grads(params, rest, batch, *, graphdef, loss_fn: Callable):
+    """The model's half of a train step: (loss, aux, new model variables, gradients)."""
 
     def loss_of(params):
-        model = merge(graphdef, params, state.rest)
+        model = merge(graphdef, params, rest)
         loss, aux = loss_fn(model, batch, train=True)
         return loss, (aux, split(model)[2])
 
-    (loss, (aux, rest)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    (loss, (aux, rest)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+    return loss, aux, rest, grads
+
+
+def apply_gradients(state: TrainState, loss_and_grads_out, *, tx: optax.GradientTransformation,
+                    watch: optax.GradientTransformation | None = None):
+    """The optimizer's half of a train step (see `train_step`), from `loss_and_grads`."""
+    loss, aux, rest, grads = loss_and_grads_out
+    step = state.step + 1
     grad_norm = optax.global_norm(grads)
     if watch is None:
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
