@@ -149,6 +149,8 @@ def classify(*, exit_code: int | None, status: dict[str, Any] | None, log: list[
              step: int, steps: int, final_checkpoint: bool) -> State:
     """The outcome from the evidence of one point (see the module docstring)."""
     if final_checkpoint or (status or {}).get("status") == "finished":
+        if exit_code is None:  # e.g. it finished while its sweep was being killed
+            exit_code = (status or {}).get("exit_code")
         return State(FINISHED, max(step, steps if final_checkpoint else step), steps,
                      exit_code=exit_code)
     if exit_code is not None and exit_code != EXIT_LOCKED:

@@ -53,6 +53,17 @@ def test_classify(evidence, expected):
         assert state.message.startswith("error: ")
 
 
+def test_a_point_that_finished_while_its_sweep_was_killed_has_the_trainers_exit_code():
+    # No exit_code file (the driver died first): status.json's code, as the --print-commands
+    # wrapper would have recorded (the sweep kill test saw '' against '0' before).
+    kw = dict(log=[], step=20, steps=20, final_checkpoint=True)
+    state = classify(exit_code=None, status={"status": "finished", "exit_code": 0}, **kw)
+    assert (state.status, state.exit_code) == (outcome.FINISHED, 0)
+    assert classify(exit_code=None, status=None, **kw).exit_code is None
+    assert classify(exit_code=0, status={"status": "finished", "exit_code": 7},
+                    **kw).exit_code == 0  # the recorded exit status wins
+
+
 def test_point_state_reads_the_files(tmp_path):
     wd = tmp_path / "p"
     wd.mkdir()
