@@ -17,7 +17,9 @@ workers share all cores).
 
 JAX's persistent compilation cache (JAX_COMPILATION_CACHE_DIR, by default DIR/jax_cache) is
 shared by the point processes: points whose compiled programs are identical (seeds of one
-setting, resumed points, reruns) load the compiled step instead of compiling it again. The
+setting, resumed points, reruns) load the compiled step instead of compiling it again. Group
+processes that start together split their identical programs between them
+(`optaxlab.train.compilation.compile_shared`: one compiles, the others load). The
 threshold JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS is set to 0 (jax's default of 1 s would skip
 the small programs: init, eval step) unless the environment sets it.
 """
@@ -252,8 +254,9 @@ class GroupRunner(SubprocessRunner):
     """Points whose configs differ only in seed, peak learning rate and numeric optimizer
     hyperparameters (`optaxlab.train.vectorized.signature`) run together, at most
     `max_members` per group (default: what fits in half the free memory), as one
-    `python -m optaxlab.sweep.group DIR/groups/<name>` process; the others (monitor on, a solo
-    checkpoint to resume, a config that needs several devices) run as solo trainers."""
+    `python -m optaxlab.sweep.group DIR/groups/<name>` process; the others (a solo checkpoint
+    to resume, a workdir another trainer holds, a config that needs several devices) run as solo
+    trainers."""
 
     def __init__(self, plan: Plan, sweep_dir: Path, env: Mapping[str, str] | None = None,
                  python: str | None = None, max_members: int | None = None):

@@ -91,6 +91,20 @@ def datasets(config, task: str, rows):
     return make(split="train"), (make(split="val") if config.eval_every else None)
 
 
+def monitor_watch(config, tx: optax.GradientTransformation,
+                  learning_rate=None) -> optax.GradientTransformation:
+    """`tx` wrapped by the monitor of `config.monitor` (`monitor.watch`), with the theory
+    settings (b1, b2, eps) of the config's optimizer unless config.monitor sets them;
+    `learning_rate` as in `monitor.watch` (None: read from tx's inject_hyperparams state)."""
+    known = monitor.theory_settings(config.optimizer.name,
+                                    optim.optimizer_hparams(config.optimizer))
+    try:
+        return monitor.watch(tx, config.monitor, learning_rate=learning_rate, **{
+            k: v for k, v in known.items() if config.monitor.get(k) is None})
+    except ValueError as e:
+        raise ConfigError(f"config.monitor: {e}") from e
+
+
 def fingerprint(config, task: str) -> dict[str, Any]:
     """The config fields a resumed run must share with its checkpoint: the model and the data
     stream (the optimizer state is compared leaf by leaf)."""
@@ -176,15 +190,7 @@ def _prepare(config, devices, stop_after, wrap_optimizer) -> _Setup:
 
     mesh = mesh_lib.make_mesh(plan.mesh_shape, devices)
     tx = optim.make_optimizer(config.optimizer, config.steps, wrap_optimizer)
-    watch = None  # the monitor wraps the optimizer in the step; every = 0: no monitor code
-    if every:
-        known = monitor.theory_settings(config.optimizer.name,
-                                        optim.optimizer_hparams(config.optimizer))
-        try:
-            watch = monitor.watch(tx, config.monitor, **{
-                k: v for k, v in known.items() if config.monitor.get(k) is None})
-        except ValueError as e:
-            raise ConfigError(f"config.monitor: {e}") from e
+    watch = monitor_watch(config, tx) if every else None
     try:
         graphdef, init_fn, abstract, shardings = state_lib.create(config.model, tx, mesh,
                                                                   config.seed)

@@ -10,13 +10,20 @@ What makes it one program:
   `lr_peak * shape(count)` (the trainer's warmup/cosine schedule with peak 1), so one compiled
   step serves every member of a group, every group with the same `signature`, and every group
   run one after another in this process (the compiled functions are cached by signature);
-- `jax.vmap` over (params, opt state incl. hyperparameters, batch) of the trainer's own
-  `step.train_step` / `step.eval_step`; each member is initialized from its own seed (the same
-  `nnx.Rngs` key as its solo run) and reads its own Grain iterators (the solo run's batches).
+- the trainer's own step over the member axis: its model half (`step.loss_and_grads`) and
+  `step.eval_step` member by member (`jax.vmap` of `member_batch` members at a time, a
+  `jax.lax.map` loop over such chunks: one at a time on CPU), its optimizer half
+  (`step.apply_gradients`) vmapped over all members; each member is initialized from its own
+  seed (the same `nnx.Rngs` key as its solo run) and reads its own Grain iterators (the solo
+  run's batches);
+- the programs are compiled before the first step, each by one of the processes that need it
+  at the same time (`compilation.compile_shared`: a sweep's workers), the others loading it
+  from JAX's persistent compilation cache.
 
 Each member writes what its solo run writes into its own workdir (metrics.jsonl, TensorBoard
-train/ and eval/ scalars, config.json, status.json) through `metrics.Writer` and
-`workdir.write_status`, plus WORKDIR/group.json naming its group. The group's Orbax checkpoint
+train/ and eval/ scalars, the monitor's histograms and theory overlay when monitor.every > 0,
+config.json, status.json) through `metrics.Writer` and `workdir.write_status`, plus
+WORKDIR/group.json naming its group. The group's Orbax checkpoint
 (the stacked state, checksummed like a solo one, with every member's data-iterator position)
 lives in GROUP_DIR/checkpoints/<step>/; rerunning `train_group` with the same members resumes it.
 
@@ -29,9 +36,10 @@ Sharding: the member axis is split over `devices` (a 1-D mesh with axis 'members
 is computed whole on one device (its own config's mesh must resolve to one device). The model is
 not sharded inside a member: groups are for models that fit on one device.
 
-Not vectorized (`groupable` says why; the sweep runner runs such points solo): the monitor
-(`monitor.every > 0`), and hyperparameters that change the chain's structure (None vs a number,
-strings, bools, loop counts) differ between groups, not within one.
+Not vectorized (`groupable` says why; the sweep runner runs such points solo): configs whose
+own mesh needs several devices. Hyperparameters that change the chain's structure (None vs a
+number, strings, bools, loop counts), and with the monitor on its theory constants (b1, b2,
+eps), differ between groups, not within one.
 """
 
 from __future__ import annotations
@@ -56,7 +64,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from optaxlab import models, optimizers
+from optaxlab import models, monitor, optimizers
 from optaxlab.train import checkpoint as ckpt_lib
 from optaxlab.train import compilation, errors, optim
 from optaxlab.train import config as config_lib
@@ -80,11 +88,20 @@ PER_MEMBER = ("seed", "optimizer.learning_rate", "progress_bar")
 # ------------------------------------------------------------------------------ grouping
 
 
-def traced_hparams(opt_cfg) -> dict[str, float | int]:
-    """The registry hyperparameters of `opt_cfg` that become traced inputs: numbers (not bools,
-    not None) that are not `optimizers.static_hparams` (loop counts, sizes). Floats (and ints
-    of float-typed hparams, e.g. weight_decay=0) are float; other ints stay int."""
+# With the monitor on, the hyperparameters its theory overlay takes as constants
+# (`monitor.theory_settings`) are not traced: members that differ in them are different groups.
+MONITOR_CONSTANTS = ("b1", "b2", "eps", "beta")
+
+
+def traced_hparams(config) -> dict[str, float | int]:
+    """The registry hyperparameters of `config.optimizer` that become traced inputs: numbers
+    (not bools, not None) that are not `optimizers.static_hparams` (loop counts, sizes), nor,
+    with the monitor on, `MONITOR_CONSTANTS`. Floats (and ints of float-typed hparams, e.g.
+    weight_decay=0) are float; other ints stay int."""
+    opt_cfg = config.optimizer
     static = set(optimizers.static_hparams(opt_cfg.name))
+    if config.monitor.get("every", 0):
+        static |= set(MONITOR_CONSTANTS)
     types = optimizers.hparam_types(opt_cfg.name)
     out: dict[str, float | int] = {}
     for key, value in optim.optimizer_hparams(opt_cfg).items():
@@ -102,7 +119,7 @@ def signature(config) -> dict[str, Any]:
     d.pop("progress_bar", None)
     opt = d["optimizer"]
     opt.pop("learning_rate", None)
-    for key, value in traced_hparams(config.optimizer).items():
+    for key, value in traced_hparams(config).items():
         opt[key] = f"<traced {type(value).__name__}>"
     return json.loads(json.dumps(d, default=str, sort_keys=True))
 
@@ -114,8 +131,6 @@ def signature_key(config) -> str:
 
 def groupable(config) -> str | None:
     """None if `config` can run as a group member, else why not (one line)."""
-    if config.monitor.get("every", 0):
-        return "the monitor is on (monitor.every > 0); monitored runs are not vectorized"
     try:
         config_lib.validate(config, num_devices=1)
     except ConfigError as e:
@@ -155,7 +170,7 @@ class _Program(NamedTuple):
     graphdef: Any
     abstract: Any  # {'state': TrainState, 'active': bool[K]} of ShapeDtypeStructs
     init: Any  # jitted (seeds[K], hparams{k: [K]}) -> TrainState
-    train: Any  # jitted (state, batch, active) -> (state, metrics, active)
+    train: Any  # jitted (state, batch, active) -> (state, metrics, active, monitor stats)
     evaluate: Any  # jitted (params, rest, opt_state, batch) -> sums per member
     sharding: NamedSharding
     names: list[str]
@@ -211,7 +226,7 @@ def _over_members(fn, args, mesh: Mesh, member_batch: int):
 
 
 def _group_train_step(state, batch, active, *, graphdef, tx, loss_fn, halt: bool, mesh: Mesh,
-                      member_batch: int):
+                      member_batch: int, monitored=None):
     """The trainer's train step over members: its model half (`step.loss_and_grads`) member by
     member (`_over_members`), its optimizer half (`step.apply_gradients`: elementwise and
     per-member reductions) vmapped over all members at once. A member with `active` False keeps
@@ -220,16 +235,26 @@ def _group_train_step(state, batch, active, *, graphdef, tx, loss_fn, halt: bool
     Measured reason for the split (lm_tiny, K=4, one core, jax 0.10.2): the whole step inside
     the member loop compiled in 14.9 s, the model half alone in a loop 4.7-6.0 s and the
     optimizer half vmapped 2.5 s (the optimizer inside the loop: 3.0 s, and K small kernels per
-    leaf instead of one)."""
-    model_half = functools.partial(step_lib.loss_and_grads, graphdef=graphdef, loss_fn=loss_fn)
-    grads = _over_members(model_half, (state.params, state.rest, batch), mesh, member_batch)
-    new, metrics, _ = jax.vmap(functools.partial(step_lib.apply_gradients, tx=tx))(state, grads)
+    leaf instead of one).
+
+    `monitored` (the monitor on): the whole step, monitor included, member by member (in the
+    member loop the monitor's every-N-steps `lax.cond` stays a branch; vmapped, as on GPU/TPU
+    with member_batch = K, it computes the statistics on every step). Returns (state,
+    metrics, active, the monitor's statistics or None)."""
+    if monitored is not None:
+        new, metrics, stats = _over_members(monitored, (state, batch), mesh, member_batch)
+    else:
+        model_half = functools.partial(step_lib.loss_and_grads, graphdef=graphdef,
+                                       loss_fn=loss_fn)
+        grads = _over_members(model_half, (state.params, state.rest, batch), mesh, member_batch)
+        new, metrics, stats = jax.vmap(functools.partial(step_lib.apply_gradients, tx=tx))(
+            state, grads)
     go = active & metrics["finite"] if halt else active
 
     def keep(n, o):
         return jnp.where(go.reshape(go.shape + (1,) * (n.ndim - 1)), n, o)
 
-    return jax.tree.map(keep, new, state), metrics, go
+    return jax.tree.map(keep, new, state), metrics, go, stats
 
 
 def _program(config, k: int, mesh: Mesh, task: str, member_batch: int) -> _Program:
@@ -237,7 +262,7 @@ def _program(config, k: int, mesh: Mesh, task: str, member_batch: int) -> _Progr
     if key in _PROGRAMS:
         return _PROGRAMS[key]
     opt_cfg = config.optimizer
-    traced = list(traced_hparams(opt_cfg))
+    traced = list(traced_hparams(config))
     static = {k_: v for k_, v in optim.optimizer_hparams(opt_cfg).items() if k_ not in traced}
     shape_cfg = copy.deepcopy(opt_cfg)
     shape_cfg.learning_rate = 1.0
@@ -247,7 +272,7 @@ def _program(config, k: int, mesh: Mesh, task: str, member_batch: int) -> _Progr
     def tx_of(hps):
         return inject(learning_rate=shape, **hps)
 
-    placeholder = {PEAK: 1.0, **traced_hparams(opt_cfg)}
+    placeholder = {PEAK: 1.0, **traced_hparams(config)}
     tx = tx_of(placeholder)  # update reads the numeric hparams from the state, not these
     sharding = NamedSharding(mesh, PartitionSpec(MEMBER_AXIS))
     init_one = _member_init(config.model, tx_of)
@@ -260,6 +285,16 @@ def _program(config, k: int, mesh: Mesh, task: str, member_batch: int) -> _Progr
         "active": jax.ShapeDtypeStruct((k,), jnp.bool_, sharding=sharding)}
     graphdef, _ = state_lib.param_specs(config.model)
     loss_fn = step_lib.LOSSES[task]
+    monitored = None
+    if config.monitor.get("every", 0):
+        loop_lib.monitor_watch(config, tx)  # a bad monitor config fails here, as solo
+
+        def monitored(state, batch):  # one member: its monitor divides by its own lr
+            peak = state.opt_state.hyperparams[PEAK]
+            watch = loop_lib.monitor_watch(config, tx, learning_rate=lambda n: shape(n) * peak)
+            return step_lib.train_step(state, batch, graphdef=graphdef, tx=tx, loss_fn=loss_fn,
+                                       watch=watch)
+
     # Members initialized like the step runs them (on CPU a lax.map loop: 4.7 s to compile for
     # lm_tiny at K=4, against 9.8 s for jax.vmap(init_one); same values).
     # (not in shard_map: the model's own sharding annotations name axes this mesh lacks).
@@ -267,9 +302,11 @@ def _program(config, k: int, mesh: Mesh, task: str, member_batch: int) -> _Progr
                    out_shardings=shardings)
     train = jax.jit(functools.partial(_group_train_step, graphdef=graphdef, tx=tx,
                                       loss_fn=loss_fn, halt=config.nan_policy == "halt",
-                                      mesh=mesh, member_batch=member_batch),
+                                      mesh=mesh, member_batch=member_batch,
+                                      monitored=monitored),
                     in_shardings=(shardings, sharding, sharding),
-                    out_shardings=(shardings, sharding, sharding), donate_argnums=(0,))
+                    out_shardings=(shardings, sharding, sharding, sharding),
+                    donate_argnums=(0,))
     one_eval = functools.partial(step_lib.eval_step, graphdef=graphdef, loss_fn=loss_fn)
     evaluate = jax.jit(lambda *a: _over_members(one_eval, a, mesh, member_batch),
                        in_shardings=(shardings.params, shardings.rest, shardings.opt_state,
@@ -360,7 +397,7 @@ def train_group(configs: Sequence[Any], workdirs: Sequence[Any], group_dir, *,
     group_dir = epath.Path(os.path.abspath(group_dir))
     fingerprint = {"members": [{**loop_lib.fingerprint(c, task),
                                 "learning_rate": float(c.optimizer.learning_rate),
-                                "traced": traced_hparams(c.optimizer)} for c in configs]}
+                                "traced": traced_hparams(c)} for c in configs]}
     fingerprint = json.loads(json.dumps(fingerprint))
     optimizer_json = json.loads(json.dumps(base.optimizer.to_dict(), default=str))
 
@@ -401,7 +438,7 @@ class _GroupRun:
 
     def _init_args(self) -> tuple[jax.Array, dict[str, jax.Array]]:
         """(seeds, hyperparameters) of the members, the init program's inputs."""
-        per = [{PEAK: float(c.optimizer.learning_rate), **traced_hparams(c.optimizer)}
+        per = [{PEAK: float(c.optimizer.learning_rate), **traced_hparams(c)}
                for c in self.configs]
         seeds = jnp.asarray(np.array([c.seed for c in self.configs], np.int32))
         return seeds, {n: jnp.asarray(np.array([h[n] for h in per])) for n in per[0]}
@@ -525,11 +562,12 @@ class _GroupRun:
             per_step = base.batch_size * (base.seq_len if self.task == "lm" else 1)
             unit = "tokens" if self.task == "lm" else "examples"
             peaks = np.array([c.optimizer.learning_rate for c in self.configs], np.float32)
+            every = base.monitor.get("every", 0)
             clock = {"time": None, "step": start}
 
             def handle(pending, force: bool) -> list[dict[str, Any] | None]:
-                step, m, flag = pending
-                m, flag = jax.device_get((m, flag))
+                step, m, flag, stats = pending
+                m, flag, stats = jax.device_get((m, flag, stats))
                 nonlocal stop
                 stop = max(stop, int(flag))
                 out: list[dict[str, Any] | None] = [None] * self.k
@@ -541,7 +579,7 @@ class _GroupRun:
                             log.warning("member %d: non-finite step %d skipped (%d so far)", i,
                                         step, int(m["skipped"][i]))
                 self.step = step
-                if not (force or step % base.log_every == 0):
+                if not (force or step % base.log_every == 0 or stats is not None):
                     return out
                 now = time.perf_counter()
                 rate = None
@@ -563,6 +601,9 @@ class _GroupRun:
                         tm[f"{unit}_per_sec"] = rate * per_step
                     writers[i].scalars(step, tm, "train")
                     out[i] = {"step": step, **tm}
+                    if stats is not None:  # the member's histograms and theory overlay
+                        out[i].update(monitor.write(writers[i].tb, step,
+                                                    jax.tree.map(lambda x: x[i], stats)))
                 return out
 
             def emit(recs) -> None:
@@ -602,11 +643,11 @@ class _GroupRun:
                 if not any(self.alive):
                     break
                 batch = self._stack([next(it) for it in iters])
-                state, m, active = train(state, batch, active)
+                state, m, active, stats = train(state, batch, active)
                 flag = stopper.poll()
                 if pending is not None:
                     emit(handle(pending, force=False))
-                pending = (step, m, flag)
+                pending = (step, m, flag, stats if every and step % every == 0 else None)
                 do_eval = bool(base.eval_every) and (step % base.eval_every == 0
                                                      or step == self.end)
                 do_save = step % base.checkpoint_every == 0 or step == self.end

@@ -42,6 +42,16 @@ def test_runner_groups_by_signature_caps_members_and_keeps_others_solo(write_swe
     auto = runner_lib.GroupRunner(plan, tmp_path)
     assert [len(c) for c in auto.split(grid, workers=2)] == [3, 3]  # a group per worker
     assert "6 point(s) vectorized in one program" in auto.describe(grid)
+    # Monitored points group too; b1, b2, eps are then the monitor's theory constants, so a
+    # different b1 is another group.
+    mon_path = write_sweep("""sweep(config=CONFIG, overrides={**TINY, "monitor.every": 5},
+        points=[{"optimizer.learning_rate": lr, "optimizer.b1": b1}
+                for lr in (1e-3, 3e-3) for b1 in (0.9, 0.8)])""", "monitored.py")
+    mon_plan = resolve(load_sweep_file(mon_path), mon_path)
+    mon = runner_lib.GroupRunner(mon_plan, tmp_path / "mon")
+    mon_keys = [mon.group_key(p) for p in mon_plan.points]
+    assert all(k[0] == "vectorized" for k in mon_keys)
+    assert mon_keys[0] == mon_keys[2] != mon_keys[1] == mon_keys[3]  # by b1, not by lr
     # A point with a solo checkpoint to resume stays solo (its trainer resumes it).
     (grid[0].workdir(tmp_path) / "checkpoints" / "10").mkdir(parents=True)
     fresh = runner_lib.GroupRunner(plan, tmp_path)

@@ -15,6 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from optaxlab.train import ConfigError, train
@@ -131,8 +132,10 @@ def test_members_that_cannot_share_a_program_are_refused_before_anything_is_writ
     b = tiny_lm(**{"batch_size": 4})
     with pytest.raises(ConfigError, match="batch_size"):
         run_group([a, b], tmp_path, "g")
-    with pytest.raises(ConfigError, match="monitor"):
-        run_group([tiny_lm(**{"monitor.every": 1})], tmp_path, "g")
+    # With the monitor on, b2 is one of its theory constants: not traced, another group.
+    with pytest.raises(ConfigError, match="b2"):
+        run_group([tiny_lm(**{"monitor.every": 1}),
+                   tiny_lm(**{"monitor.every": 1, "optimizer.b2": 0.9})], tmp_path, "g")
     with pytest.raises(ConfigError, match="3 members cannot be split over 2 devices"):
         run_group([a, a, a], tmp_path, "g", devices=jax.devices()[:2])
     assert not (tmp_path / "g").exists()
@@ -193,3 +196,42 @@ def test_member_axis_sharded_over_8_devices_equals_one_device(tmp_path):
     assert len(jax.tree.leaves(eight.state.params)[0].sharding.device_set) == 8
     for a, b in zip(one.records, eight.records, strict=True):
         assert rel_diff(losses(a), losses(b)) < RTOL
+
+
+@pytest.mark.slow  # compiles the monitored group step and two monitored solo steps
+def test_monitored_members_write_their_solo_runs_histograms_and_overlay(tmp_path):
+    fields = {"monitor.every": 2, "monitor.image_steps": (), "steps": 4, "log_every": 4}
+    configs = [tiny_lm(**fields, **{"optimizer.learning_rate": lr, "seed": s})
+               for lr, s in ((1e-3, 0), (3e-3, 1))]
+    res, workdirs = run_group(configs, tmp_path, "g", devices=ONE)
+    assert res.statuses == ["finished", "finished"]
+    for i, c in enumerate(configs):
+        solo = train(c, tmp_path / f"solo{i}", devices=ONE)
+        group_recs = metrics_lib.read_jsonl(workdirs[i] / "metrics.jsonl")
+        # Records at the monitored steps 2 and 4 (and no others: log_every = 4), same keys.
+        assert [r["step"] for r in group_recs] == [r["step"] for r in solo.records] == [2, 4]
+        for g, o in zip(group_recs, solo.records, strict=True):
+            assert set(g) == set(o)
+            assert g["monitor/learning_rate"] == pytest.approx(o["monitor/learning_rate"],
+                                                               rel=1e-6)
+            assert g["monitor/learning_rate"] == pytest.approx(g["lr"], rel=1e-6)
+            monitored = [k for k in o if k.startswith(("update_var/", "theory_tv/"))]
+            assert len(monitored) >= 8
+            for k in monitored:  # each member divides by its own learning rate
+                assert g[k] == pytest.approx(o[k], rel=1e-3, abs=1e-6), k
+        accs = []
+        for d in (workdirs[i], tmp_path / f"solo{i}"):
+            acc = ea.EventAccumulator(str(d / "tensorboard"), size_guidance={ea.HISTOGRAMS: 0})
+            acc.Reload()
+            accs.append(acc)
+        tags = accs[1].Tags()["histograms"]
+        assert tags and sorted(accs[0].Tags()["histograms"]) == sorted(tags)
+        for tag in tags:
+            a, b = (acc.Histograms(tag) for acc in accs)
+            assert [e.step for e in a] == [e.step for e in b] == [2, 4]
+            for x, y in zip(a, b, strict=True):
+                counts = np.asarray(x.histogram_value.bucket), np.asarray(
+                    y.histogram_value.bucket)
+                assert counts[0].sum() == counts[1].sum()
+                # round-off may move a value across a bucket edge, no more
+                assert np.abs(counts[0] - counts[1]).sum() <= 0.01 * counts[1].sum() + 2, tag
