@@ -2,7 +2,9 @@
 vectorized program (`optaxlab.train.vectorized.train_group`); the sweep's `GroupRunner` starts
 it, one process per group, as `SubprocessRunner` starts one trainer per point.
 
-group.json: {"config": the base config file, "members": [{"name", "overrides", "workdir"}]}.
+group.json: {"config": the base config file, "members": [{"name", "overrides", "workdir"}]};
+a member with "frozen": true diverged in an earlier run of this group and is only carried along
+(its slot in the group's checkpoint), so its files are left as they are.
 Each member's config is built exactly as its solo trainer command would build it
 (`spec.point_config`). At the end GROUP_DIR/codes.json maps every member to the exit code its
 solo run would have had (0 finished or preempted, 2 bad config, 3 diverged, 4 I/O, 5 locked,
@@ -32,6 +34,8 @@ def _write_json(path: Path, data) -> None:
 
 def _member_lines(members, lines: list[str]) -> None:
     for m, line in zip(members, lines, strict=True):
+        if m.get("frozen"):  # a diverged member resumed with its group: its log is complete
+            continue
         try:
             with open(Path(m["workdir"]) / "train.log", "a") as f:
                 f.write(line + "\n")

@@ -263,6 +263,8 @@ class GroupRunner(SubprocessRunner):
         super().__init__(plan, sweep_dir, env, python)
         self.max_members = max_members
         self.solo_reasons: dict[str, str] = {}
+        # A group to resume: its points -> its members in checkpoint order (diverged ones too)
+        self._resume: dict[frozenset[str], list[str]] = {}
         self._configs: dict[str, object] = {}
         self._base = None
 
@@ -309,6 +311,11 @@ class GroupRunner(SubprocessRunner):
         points = sorted(points, key=lambda p: p.index)
         if self.group_key(points[0])[0] == "solo":
             return [points]
+        resumed = self._resumable(points)
+        taken = {p.name for chunk in resumed for p in chunk}
+        points = [p for p in points if p.name not in taken]
+        if not points:
+            return resumed
         cap = self.max_members or self.default_max_members(points[0])
         n = max(math.ceil(len(points) / cap), min(workers, len(points)))
         size, extra = divmod(len(points), n)
@@ -317,7 +324,48 @@ class GroupRunner(SubprocessRunner):
             end = start + size + (1 if i < extra else 0)
             out.append(points[start:end])
             start = end
+        return resumed + out
+
+    def _resumable(self, points: Sequence[Point]) -> list[list[Point]]:
+        """The groups of `points` to resume as they were: an earlier group with a checkpoint
+        whose members are all among `points` or diverged (a diverged member stays in its
+        group, frozen: without it the others would make a new group and start from step 0)."""
+        from optaxlab.sweep import group as group_lib
+        from optaxlab.train import vectorized
+
+        here = {p.name: p for p in points}
+        everyone = {p.name: p for p in self.plan.points}
+        out: list[list[Point]] = []
+        used: set[str] = set()
+        for p in points:
+            member = outcome.read_json(p.workdir(self.sweep_dir) / vectorized.GROUP_JSON)
+            if p.name in used or not member or "group_dir" not in member:
+                continue
+            group_dir = Path(member["group_dir"])
+            data = outcome.read_json(group_dir / group_lib.GROUP_FILE) or {}
+            names = [m.get("name") for m in data.get("members", [])]
+            ckpts = group_dir / "checkpoints"
+            if not names or used & set(names) or not ckpts.is_dir() or not any(
+                    c.name.isdigit() for c in ckpts.iterdir()):
+                continue
+            ok = all(n in here or (n in everyone and outcome.point_state(
+                everyone[n].workdir(self.sweep_dir), everyone[n].steps).status
+                == outcome.DIVERGED) for n in names)
+            if ok and len({self.group_key(here[n]) for n in names if n in here}) == 1:
+                chunk = [here[n] for n in names if n in here]
+                self._resume[frozenset(q.name for q in chunk)] = names
+                used.update(names)
+                out.append(chunk)
         return out
+
+    def _members(self, points: Sequence[Point]) -> tuple[list[Point], set[str]]:
+        """The group's members in order and the names of its frozen (diverged) passengers."""
+        names = self._resume.get(frozenset(p.name for p in points))
+        if names is None:
+            return list(points), set()
+        everyone = {p.name: p for p in self.plan.points}
+        mine = {p.name for p in points}
+        return [everyone[n] for n in names], {n for n in names if n not in mine}
 
     def default_max_members(self, point: Point) -> int:
         avail = available_memory_bytes()
@@ -332,9 +380,12 @@ class GroupRunner(SubprocessRunner):
             return f"solo   {points[0].name}: not vectorized ({why})" if why else None
         from optaxlab.train import vectorized
 
-        name = vectorized.group_name([p.name for p in points])
+        members, frozen = self._members(points)
+        name = vectorized.group_name([p.name for p in members])
+        extra = (f" (resuming its checkpoint with the diverged {', '.join(sorted(frozen))} "
+                 "frozen in it)" if frozen else "")
         return (f"group  {name}: {len(points)} point(s) vectorized in one program: "
-                f"{', '.join(p.name for p in points)}")
+                f"{', '.join(p.name for p in points)}{extra}")
 
     def start(self, points: Sequence[Point], cpus: list[int] | None):
         if self.group_key(points[0])[0] == "solo":
@@ -342,20 +393,25 @@ class GroupRunner(SubprocessRunner):
         from optaxlab.sweep import group as group_lib
         from optaxlab.train import vectorized
 
-        name = vectorized.group_name([p.name for p in points])
+        members, frozen = self._members(points)
+        name = vectorized.group_name([p.name for p in members])
         group_dir = self.sweep_dir / GROUPS_DIR / name
         group_dir.mkdir(parents=True, exist_ok=True)
         group_lib._write_json(group_dir / group_lib.GROUP_FILE, {  # noqa: SLF001
             "config": self.plan.config,
             "members": [{"name": p.name, "overrides": p.overrides,
-                         "workdir": str(p.workdir(self.sweep_dir))} for p in points]})
+                         "workdir": str(p.workdir(self.sweep_dir)),
+                         **({"frozen": True} if p.name in frozen else {})}
+                        for p in members]})
         (group_dir / group_lib.CODES_FILE).unlink(missing_ok=True)
         stamp = time.strftime('%Y-%m-%dT%H:%M:%S')
         header = (f"{outcome.ATTEMPT_HEADER} at {stamp} on {socket.gethostname()} (cpus: "
                   f"{cpus or 'all'}) <==\n")
-        for i, p in enumerate(points):
+        for i, p in enumerate(members):
+            if p.name in frozen:
+                continue
             with open(p.workdir(self.sweep_dir) / outcome.LOG_FILE, "a") as f:
-                f.write(header + f"vectorized: member {i} of {len(points)} in {group_dir} "
+                f.write(header + f"vectorized: member {i} of {len(members)} in {group_dir} "
                         f"(its log: {group_dir / outcome.LOG_FILE})\n")
         log = open(group_dir / outcome.LOG_FILE, "ab")  # noqa: SIM115 - closed by the job
         log.write(header.encode())

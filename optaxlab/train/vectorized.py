@@ -501,10 +501,15 @@ class _GroupRun:
         for it, pos in zip(iters, meta["data_iterators"], strict=True):
             it.set_state(pos)
         for i, div in enumerate(meta.get("diverged", [])):
-            if div is not None:  # recorded when it happened; stays frozen
+            if div is not None:  # recorded when it happened; stays frozen, its files as they are
                 self.alive[i] = False
+                try:
+                    status = workdir_lib.read_status(self.workdirs[i]) or {}
+                except (OSError, ValueError):
+                    status = {}
                 self.outcome[i] = {"status": "diverged", "exit_code": errors.DIVERGED,
-                                   "message": "", "diverged_step": div, "written": True}
+                                   "message": status.get("message", ""), "diverged_step": div,
+                                   "written": True}
         log.info("group resumed from the checkpoint at step %d in %s", start,
                  self.group_dir / "checkpoints")
         return start, state, tree["active"], iters
@@ -554,6 +559,9 @@ class _GroupRun:
             start, state, active, iters = self._restore(mngr)
             self.step = start
             for i, (c, w) in enumerate(zip(self.configs, self.workdirs, strict=True)):
+                if not self.alive[i]:  # diverged in an earlier run: nothing of it changes
+                    writers.append(metrics_lib.Writer(w, enabled=False))
+                    continue
                 loop_lib.save_config(c, w, start)  # the solo run's config.json
                 (w / GROUP_JSON).write_text(json.dumps(
                     {"group_dir": os.fspath(self.group_dir), "member": i, "members": self.k,

@@ -157,3 +157,38 @@ def test_vectorized_sweep_matches_solo_sweep_and_a_killed_group_resumes_exactly(
         assert [x["loss"] for x in ra] == [x["loss"] for x in rb], p.name
     member = json.loads((b / "points" / "lr=0.001,seed=0" / vectorized.GROUP_JSON).read_text())
     assert member["group_dir"] == str(group_dir)
+
+    # C: the sweep is stopped (SIGTERM, as a preemption: the group checkpoints and stops) after
+    # the huge lr diverged. The rerun resumes the same group with the diverged member frozen in
+    # it (without it the other four would form a new group and start again from step 0).
+    c = tmp_path / "C"
+    proc = subprocess.Popen([sys.executable, "-m", "optaxlab.sweep", str(sweep_file),
+                             "--workdir", str(c)], cwd=ROOT, env=sweep_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: any((g / "checkpoints" / "10").is_dir() for g in (c / "groups").glob("*")),
+             "the group checkpoint at step 10", proc=proc)
+    pid = outcome.lock_info(next((c / "points").iterdir())).get("pid")
+    os.kill(pid, signal.SIGSTOP)  # so that it cannot finish before the SIGTERM arrives
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    os.kill(pid, signal.SIGCONT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    states = {q.name: outcome.point_state(q, 60).status for q in (c / "points").iterdir()}
+    assert states.pop("lr=1e+30,seed=0") == outcome.DIVERGED
+    assert set(states.values()) == {outcome.INTERRUPTED}, states
+    diverged_log = (c / "points" / "lr=1e+30,seed=0" / "train.log").read_text()
+    r = sweep_cli(sweep_file, "--workdir", c)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "diverged lr=1e+30,seed=0 frozen in it" in r.stderr, r.stderr[-3000:]
+    (group_dir,) = (c / "groups").iterdir()
+    assert "resumed from the checkpoint at step" in (group_dir / "train.log").read_text()
+    assert comparable(a / "results.csv", a) == comparable(c / "results.csv", c)
+    for p in (a / "points").iterdir():
+        ra = metrics_lib.read_jsonl(p / "metrics.jsonl")
+        rc = metrics_lib.read_jsonl(c / "points" / p.name / "metrics.jsonl")
+        assert [x["loss"] for x in ra] == [x["loss"] for x in rc], p.name
+        assert not (c / "points" / p.name / metrics_lib.SUPERSEDED).exists()
+    frozen = c / "points" / "lr=1e+30,seed=0"
+    assert (frozen / "train.log").read_text() == diverged_log  # not run again
+    assert len(outcome.read_outcome(frozen)["attempts"]) == 1
