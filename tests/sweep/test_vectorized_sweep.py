@@ -102,6 +102,15 @@ def comparable(path, root):
                         if k not in TIMING_COLUMNS} for r in read_csv(path)}
 
 
+def assert_same_sweep(a: Path, b: Path) -> None:
+    """The sweeps in a and b have the same results.csv and every point the same losses."""
+    assert comparable(a / "results.csv", a) == comparable(b / "results.csv", b)
+    for p in (a / "points").iterdir():
+        ra = metrics_lib.read_jsonl(p / "metrics.jsonl")
+        rb = metrics_lib.read_jsonl(b / "points" / p.name / "metrics.jsonl")
+        assert [x["loss"] for x in ra] == [x["loss"] for x in rb], p.name
+
+
 @pytest.mark.slow
 def test_vectorized_sweep_matches_solo_sweep_and_a_killed_group_resumes_exactly(
         write_sweep, sweep_env, sweep_cli, tmp_path):
@@ -150,11 +159,7 @@ def test_vectorized_sweep_matches_solo_sweep_and_a_killed_group_resumes_exactly(
     r = sweep_cli(sweep_file, "--workdir", b)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from the checkpoint" in (group_dir / "train.log").read_text()
-    assert comparable(a / "results.csv", a) == comparable(b / "results.csv", b)
-    for p in (a / "points").iterdir():
-        ra = metrics_lib.read_jsonl(p / "metrics.jsonl")
-        rb = metrics_lib.read_jsonl(b / "points" / p.name / "metrics.jsonl")
-        assert [x["loss"] for x in ra] == [x["loss"] for x in rb], p.name
+    assert_same_sweep(a, b)
     member = json.loads((b / "points" / "lr=0.001,seed=0" / vectorized.GROUP_JSON).read_text())
     assert member["group_dir"] == str(group_dir)
 
@@ -183,12 +188,8 @@ def test_vectorized_sweep_matches_solo_sweep_and_a_killed_group_resumes_exactly(
     assert "diverged lr=1e+30,seed=0 frozen in it" in r.stderr, r.stderr[-3000:]
     (group_dir,) = (c / "groups").iterdir()
     assert "resumed from the checkpoint at step" in (group_dir / "train.log").read_text()
-    assert comparable(a / "results.csv", a) == comparable(c / "results.csv", c)
-    for p in (a / "points").iterdir():
-        ra = metrics_lib.read_jsonl(p / "metrics.jsonl")
-        rc = metrics_lib.read_jsonl(c / "points" / p.name / "metrics.jsonl")
-        assert [x["loss"] for x in ra] == [x["loss"] for x in rc], p.name
-        assert not (c / "points" / p.name / metrics_lib.SUPERSEDED).exists()
+    assert_same_sweep(a, c)
+    assert not list((c / "points").glob(f"*/{metrics_lib.SUPERSEDED}"))  # nothing restarted
     frozen = c / "points" / "lr=1e+30,seed=0"
     assert (frozen / "train.log").read_text() == diverged_log  # not run again
     assert len(outcome.read_outcome(frozen)["attempts"]) == 1
