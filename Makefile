@@ -23,7 +23,7 @@ demo: $(STAMP)
 demo-quadratic: $(STAMP)
 	$(PY) experiments/demo_quadratic.py
 
-# One script per reproduced figure, named after its paper (README "Papers"); not the demos.
+# One script per reproduced figure, named after its paper (docs/papers.md); not the demos.
 PAPER_EXPERIMENTS := $(filter-out experiments/demo%.py experiments/_common.py,$(sort $(wildcard experiments/*.py)))
 
 experiments: $(STAMP)

@@ -2,8 +2,9 @@
 
 python -m optaxlab.sweep sweeps/lr_optimizer_lm_tiny.py --workdir runs/sweep --workers 2
 
-20 points of 300 steps each. They run vectorized by default (README "Vectorized sweeps"): the 10
-Adam points (5 learning rates x 2 seeds) share one compiled program, the 10 Signum points another;
+20 points of 300 steps each. They run vectorized by default (docs/sweeps.md, "Vectorized
+sweeps"): the 10 Adam points (5 learning rates x 2 seeds) share one compiled program, the 10
+Signum points another;
 with --workers 2 each group runs in its own process on its own core (--no-vectorize: one trainer
 process per point, ~15-20 s each on one core of a laptop CPU, most of it JAX import and
 compiles). The grids are log-spaced, 2 values per decade, one decade apart: Signum's steps are

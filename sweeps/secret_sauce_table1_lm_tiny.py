@@ -5,7 +5,7 @@ its own learning-rate grid, then three seeds at each optimizer's best setting.
 Why lm_tiny at 300 steps: one point trains in ~15 s on one core (~30-40 s wall with JAX import,
 compiles and eval on a busy 2-core machine), so 7 optimizers x 4-8 settings + 3 seeds at the
 best points fit in well under an hour; the repository's Adam-vs-Signum example already separates
-the two by ~4 seed standard deviations at this size (README, Sweeps).
+the two by ~4 seed standard deviations at this size (docs/sweeps.md).
 
 Settings follow the paper's App. A.1.1 where a laptop allows: warmup 10% + cosine to 0.1 x peak
 (the config's schedule), global-norm clipping to 1 of the raw gradient (lm_tiny's `max_norm`)

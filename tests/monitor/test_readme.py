@@ -1,5 +1,5 @@
-"""The README's Flax NNX + optax monitoring loop, run exactly as written, read back with
-TensorBoard's EventAccumulator."""
+"""The Flax NNX + optax monitoring loop of docs/monitoring.md, run exactly as written, read back
+with TensorBoard's EventAccumulator."""
 
 import os
 import re
@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 from tensorboard.backend.event_processing import event_accumulator as ea
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "monitoring.md"
 MARKER = "<!-- readme-monitor-loop:"
 
 
 def readme_snippet() -> str:
-    """The ```python block right after the marker comment in README.md."""
+    """The ```python block right after the marker comment in docs/monitoring.md."""
     text = README.read_text()
-    assert text.count(MARKER) == 1, "README.md must mark exactly one monitoring loop"
+    assert text.count(MARKER) == 1, "docs/monitoring.md must mark exactly one monitoring loop"
     after = text[text.index(MARKER):]
     block = re.search(r"```python\n(.*?)\n```", after, re.S)
     assert block is not None and after.index("```python") < after.index("\n\n") + 2
