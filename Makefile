@@ -3,9 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.optaxlab-installed
+RUNTIME_STAMP := $(VENV)/.optaxlab-runtime-installed
 PYTEST_WORKERS ?= 2
 
 .PHONY: install demo demo-quadratic experiments test test-slow test-all lint bench clean
+
+# The runtime alone (what `make demo` needs); the test extras add torch (the test-only reference).
+$(RUNTIME_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $(RUNTIME_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,20 +21,20 @@ $(STAMP): pyproject.toml
 	# torch 2.13.0 is the CPU wheel (test-only reference); pin it first so nothing pulls a CUDA build.
 	$(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[test]"
-	touch $(STAMP)
+	touch $(STAMP) $(RUNTIME_STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(RUNTIME_STAMP)
 	$(PY) experiments/demo.py
 
-demo-quadratic: $(STAMP)
+demo-quadratic: $(RUNTIME_STAMP)
 	$(PY) experiments/demo_quadratic.py
 
 # One script per reproduced figure, named after its paper (docs/papers.md); not the demos.
 PAPER_EXPERIMENTS := $(filter-out experiments/demo%.py experiments/_common.py,$(sort $(wildcard experiments/*.py)))
 
-experiments: $(STAMP)
+experiments: $(RUNTIME_STAMP)
 	@for f in $(PAPER_EXPERIMENTS); do echo "== $$f"; $(PY) $$f || exit 1; done
 
 test: $(STAMP)
