@@ -13,9 +13,12 @@ writes an sbatch job array that runs point i in task i through the same runner.
 
   sweep(config, points, *, overrides, seeds, group_by, tune, metric, goal, heatmaps, name)
   product(*grids_or_point_lists), zipped({field: values}), log_grid(start, stop, num|per_decade)
+  quasirandom(space, trials), random(space, trials) over log(lo, hi) / linear(lo, hi) /
+      choice([...]) dimensions (space.py): a budget of trials instead of a grid
   resolve(spec, sweep_file) -> Plan (points with names, groups and trainer arguments)
 """
 
+from optaxlab.sweep.space import choice, linear, log, quasirandom, random
 from optaxlab.sweep.spec import (
     Plan,
     Point,
@@ -29,5 +32,5 @@ from optaxlab.sweep.spec import (
     zipped,
 )
 
-__all__ = ["Plan", "Point", "SweepError", "load_sweep_file", "log_grid", "product", "read_plan",
-           "resolve", "sweep", "zipped"]
+__all__ = ["Plan", "Point", "SweepError", "choice", "linear", "load_sweep_file", "log", "log_grid",
+           "product", "quasirandom", "random", "read_plan", "resolve", "sweep", "zipped"]

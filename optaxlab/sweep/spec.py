@@ -515,8 +515,10 @@ def resolve(spec: Mapping[str, Any], sweep_file: str | Path | None = None) -> Pl
     values_by_field = {f: [_get(cfg, f) for _, _, cfg in point_cfgs] for f in fields}
     group_by = spec.get("group_by")
     if group_by is None:
+        # A field only some points have (an optimizer's own hparam: b1 for adam, beta for
+        # signum) is tuned, not grouped by: its missing values read None.
         group_by = [f for f in fields if f != "seed"
-                    and not all(_is_number(v) for v in values_by_field[f])]
+                    and not all(_is_number(v) for v in values_by_field[f] if v is not None)]
     tune = spec.get("tune")
     if tune is None:
         tune = [f for f in fields if f not in group_by and f != "seed"]
