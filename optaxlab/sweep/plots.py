@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from optaxlab.sweep import outcome  # noqa: E402
+from optaxlab.sweep import outcome, stats  # noqa: E402
 from optaxlab.sweep.report import Group, Setting  # noqa: E402
 from optaxlab.sweep.spec import LR_FIELD, Plan, format_value  # noqa: E402
 from optaxlab.train import metrics as metrics_lib  # noqa: E402
@@ -53,6 +53,7 @@ def lr_tuning(plan: Plan, groups: dict[str, Group], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     finite_all: list[float] = []
+    placed: list[tuple[float, float, str]] = []
     diverged_marks: list[tuple[float, str]] = []
     plotted = False
     for i, g in enumerate(groups.values()):
@@ -65,6 +66,7 @@ def lr_tuning(plan: Plan, groups: dict[str, Group], path: Path) -> Path | None:
             if vals:
                 ax.scatter([lr] * len(vals), vals, s=14, color=color, alpha=0.55, zorder=3)
                 finite_all += vals
+                placed += [(lr, v, color) for v in vals]
             if s.diverged:
                 diverged_marks.append((lr, color))
             if s.mean is not None and math.isfinite(s.mean):
@@ -85,16 +87,36 @@ def lr_tuning(plan: Plan, groups: dict[str, Group], path: Path) -> Path | None:
     if not plotted:
         plt.close(fig)
         return None
-    lo, hi = (min(finite_all), max(finite_all)) if finite_all else (0.0, 1.0)
-    pad = 0.08 * (hi - lo or 1.0)
-    top = hi + 2.5 * pad
+    # The bulk of the results sets the y range: a blown-up point (a loss of 1e5 beside losses of
+    # 2) is marked at the top edge, not allowed to flatten every other point; log axis when wide.
+    if plan.goal == "min":
+        lo, hi, log_axis, off = stats.robust_range(finite_all)
+    else:
+        lo, hi = (min(finite_all), max(finite_all)) if finite_all else (0.0, 1.0)
+        log_axis, off = False, []
+    if log_axis:
+        ax.set_yscale("log")
+        span = math.log10(hi / lo) or 1.0
+        at = lambda k: hi * 10 ** (k * 0.08 * span)  # k pads above hi, in log units
+        bottom = lo / 10 ** (0.08 * span)
+    else:
+        pad = 0.08 * (hi - lo or 1.0)
+        at = lambda k: hi + k * pad
+        bottom = lo - pad
+    off_marks = [(lr, v, c) for lr, v, c in placed if v in off]
+    for lr, _, color in off_marks:
+        ax.scatter([lr], [at(2.5)], marker="^", s=60, color=color, zorder=5, clip_on=False)
     for lr, color in diverged_marks:
-        ax.scatter([lr], [top], marker="x", s=70, color=color, linewidths=2, zorder=5,
+        ax.scatter([lr], [at(2.5)], marker="x", s=70, color=color, linewidths=2, zorder=5,
                    clip_on=False)
-    ax.set_ylim(lo - pad, top + pad)
+    ax.set_ylim(bottom, at(3.5))
+    if diverged_marks or off_marks:
+        ax.axhline(at(1.5), color="0.75", lw=0.8, ls=":")
     if diverged_marks:
-        ax.axhline(hi + 1.5 * pad, color="0.75", lw=0.8, ls=":")
         ax.scatter([], [], marker="x", color="0.3", label="diverged (any seed)")
+    if off_marks:
+        ax.scatter([], [], marker="^", color="0.3",
+                   label=f"off scale (up to {max(v for _, v, _ in off_marks):.3g})")
     ax.scatter([], [], marker="*", s=100, color="0.6", edgecolor="black", label="best of group")
     ax.set_xscale("log")
     ax.set_xlabel("peak learning rate")

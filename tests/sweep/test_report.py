@@ -158,3 +158,30 @@ def test_plots(grid_sweep, tmp_path):
     png(out["heatmap_b1_b2"])
     assert {r["seed"] for r in read_csv(out["results"])} == {"0"}  # a column even unswept
     assert "Best: b1=0.9, b2=0.95, lr=0.003: 2.07 (n=1)" in out["summary"].read_text()
+
+
+def test_a_blown_up_point_does_not_flatten_the_tuning_curves(grid_sweep, monkeypatch):
+    """Adam at a huge lr "finishing" at 1.4e5 (no NaN, so not diverged) beside losses of ~2.5:
+    the y axis still shows the bulk, the blown-up point is marked at the top edge."""
+    from optaxlab.sweep import plots
+
+    plan, root = grid_sweep
+    wd = root / "points" / "optimizer=adam,lr=0.01,seed=0"
+    for name in ("metrics.jsonl", "checkpoints", "outcome.json", "exit_code", "train.log"):
+        path = wd / name
+        if path.is_dir():
+            (path / str(STEPS)).rmdir()
+            path.rmdir()
+        else:
+            path.unlink()
+    fake_point(wd, 500.0)  # (the Adam at lr 100 of the comparisons issue: 1.4e5)
+    limits = []
+    close = plots.plt.close
+    monkeypatch.setattr(plots.plt, "close",
+                        lambda fig=None: (limits.append(fig.axes[0].get_ylim()
+                                                        if fig is not None and fig.axes else None),
+                                          close(fig)))
+    out = write_report(root, quiet=True)
+    png(out["lr_tuning"])
+    low, high = limits[0]
+    assert 2.0 < low < 2.6 and high < 10  # not stretched to 500
