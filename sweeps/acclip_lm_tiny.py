@@ -27,7 +27,7 @@ def get_sweep():
                    "optimizer.eps": 1e-5, "optimizer.weight_decay": 1e-5,
                    "optimizer.max_norm": 1.0},
         points=product({"optimizer.b2": [0.95, 0.99, 0.999],
-                        "optimizer.learning_rate": log_grid(1e-2, 10**0.5, per_decade=2)}),
+                        "optimizer.learning_rate": log_grid(1e-2, 10, per_decade=2)}),
         seeds=[0, 1, 2],
         group_by=["optimizer.b2"],
         name="ACClip on lm_tiny (300 steps), the Table 1 setting, b2 swept",
