@@ -1,12 +1,12 @@
 """Gradient Spread as an Intuition for the Adam Optimizer, Fig. 3: gradient spread on f(x) = x^2
-(full batch), Adam b1 = b2 = 0.99 vs SGD+momentum.
+(full batch), Adam b1 = b2 = 0.99 vs vanilla gradient descent vs SGD+momentum.
 
 Both optimizers start at x0 = 1. For each step we measure the normalized step |Delta_t| =
 |x_t - x_{t-1}| / lr, the gradient |f'(x_t)| and the spread gamma_t = sqrt(v_t - m_t^2)/|m_t| from
 bias-corrected EMAs (beta = 0.99) of the gradient. For Adam with b1 = b2 and eps = 0 the step is
-exactly 1/sqrt(1 + gamma^2) (the paper's Section 2); for SGD it tracks the gradient instead. All
-variation in the gradient comes from the parameter's own motion: Adam oscillates around the
-optimum.
+exactly 1/sqrt(1 + gamma^2) (the paper's Section 2); for GD and SGD it tracks the gradient
+instead. All variation in the gradient comes from the parameter's own motion: Adam oscillates
+around the optimum; the paper says vanilla GD "zips straight to 0" (run here at Adam's lr).
 
     python experiments/gradient_spread_fig3_spread.py [--out DIR] [--steps 1500]
 """
@@ -41,16 +41,18 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--adam-lr", type=float, default=0.01)
     p.add_argument("--sgd-lr", type=float, default=0.001)
+    p.add_argument("--gd-lr", type=float, default=0.01)
     args = p.parse_args()
     out = _common.out_dir(args.out)
     plt = _common.plt()
 
     runs = {
         "Adam b1=b2=0.99": run("adam", args.adam_lr, dict(b1=BETA, b2=BETA, eps=0.0), args.steps),
+        "GD (no momentum)": run("sgd", args.gd_lr, {}, args.steps),
         "SGD momentum 0.99": run("momentum", args.sgd_lr, dict(momentum=BETA), args.steps),
     }
     t = np.arange(1, args.steps + 1)
-    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    fig, axes = plt.subplots(len(runs), 3, figsize=(16, 4.5 * len(runs)))
     rows = []
     for r, (name, d) in enumerate(runs.items()):
         ax = axes[r, 0]
