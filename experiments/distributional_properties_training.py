@@ -5,7 +5,7 @@ the closed-form law f_{m_eff(t)}, and Var[Delta], Var[|Delta|] against Corollari
 
 Each run is an ordinary trainer run (`optaxlab.train.train`, monitor every step, constant
 learning rate, no eval) in RUNS/<model>/<optimizer>/seed<k>; the analysis reads the monitor's
-TensorBoard histograms (`optaxlab.report.load_histograms`) and its scalars from metrics.jsonl.
+TensorBoard histograms (`optaxlab.monitor.read_histograms`) and its scalars from metrics.jsonl.
 Optimizers:
   rmsprop   Adam with b1 = 0, b2 = 0.999, eps = 1e-12, bias-corrected: the paper's theory model
             (no momentum) with an EMA preconditioner, m_eff(t) ~ t over 20 steps; theory_tv (the
@@ -107,11 +107,9 @@ def _finished(wd: Path, steps: int) -> bool:
 
 
 def load(wd: Path):
-    from optaxlab import report
+    from optaxlab import monitor
 
-    scalars = report.load_scalars(wd)
-    hists = report.load_histograms(report._accumulator(wd / "tensorboard"), scalars)
-    return scalars, hists
+    return monitor.read_scalars(wd), monitor.read_histograms(wd)
 
 
 def layer_value(scalars, metric: str, layer: str, step: int) -> float:

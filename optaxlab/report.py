@@ -31,83 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from optaxlab.monitor import plots
+from optaxlab.monitor.read import accumulator as _accumulator
+from optaxlab.monitor.read import load_histograms, load_scalars
 
 FIRST_STEPS = (1, 2, 3, 4, 5, 7, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
 
 class ReportError(ValueError):
     """The workdir has nothing to report (missing, or no monitor output)."""
-
-
-def _accumulator(logdir: Path):
-    from tensorboard.backend.event_processing import event_accumulator as ea
-
-    acc = ea.EventAccumulator(
-        str(logdir),
-        size_guidance={ea.HISTOGRAMS: 0, ea.SCALARS: 0, ea.IMAGES: 1, ea.TENSORS: 1},
-    )
-    acc.Reload()
-    return acc
-
-
-def load_histograms(acc, scalars, prefix: str = "update_hist/") -> dict[str, dict[int, tuple]]:
-    """{layer: {step: (counts[bins + 2], edges[bins + 1])}} of the monitor's histograms.
-
-    The buckets are put back on the grid given by the `monitor/bins` and `monitor/delta_range`
-    (or `monitor/grad_range`) scalars that `monitor.write` logs with them.
-    """
-    from optaxlab.monitor.writer import bucket_position
-
-    kind = "grad_range" if prefix.startswith("grad") else "delta_range"
-    grid = {}
-    for tag in ("monitor/bins", f"monitor/{kind}"):
-        if tag in scalars:
-            grid[tag] = dict(zip(scalars[tag][0].tolist(), scalars[tag][1].tolist(), strict=True))
-    out: dict[str, dict[int, tuple]] = {}
-    for tag in acc.Tags().get("histograms", []):
-        if not tag.startswith(prefix):
-            continue
-        series = {}
-        for e in acc.Histograms(tag):
-            step = int(e.step)
-            bins = grid.get("monitor/bins", {}).get(step)
-            r = grid.get(f"monitor/{kind}", {}).get(step)
-            if bins is None or r is None:
-                continue  # not written by optaxlab.monitor
-            bins = int(round(bins))
-            h = e.histogram_value
-            counts = np.zeros(bins + 2)
-            counts[bucket_position(h.bucket_limit, r, bins)] = np.asarray(h.bucket, np.float64)
-            series[step] = (counts, np.linspace(-r, r, bins + 1))
-        if series:
-            out[tag[len(prefix) :]] = series
-    return out
-
-
-def load_scalars(workdir: Path, acc=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{tag: (steps, values)} from metrics.jsonl (preferred) or the TensorBoard scalars."""
-    series: dict[str, dict[int, float]] = {}
-    path = workdir / "metrics.jsonl"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line
-            step = rec.get("step")
-            if not isinstance(step, int):
-                continue
-            for k, v in rec.items():
-                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    series.setdefault(k, {})[step] = float(v)
-    elif acc is not None:
-        for tag in acc.Tags().get("scalars", []):
-            series[tag] = {int(s.step): float(s.value) for s in acc.Scalars(tag)}
-    out = {}
-    for k, d in series.items():
-        steps = np.array(sorted(d), np.int64)
-        out[k] = (steps, np.array([d[s] for s in steps], np.float64))
-    return out
 
 
 def _per_layer(scalars, metric: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from optaxlab import monitor, report
 
@@ -82,3 +83,24 @@ def test_report_errors_clearly(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert report.main([str(tmp_path / "empty")]) == 2
     assert "monitor.every" in capsys.readouterr().err
+
+
+def test_read_histograms_gives_back_what_the_monitor_counted(tmp_path):
+    workdir, logged = _workdir(tmp_path)
+    for path in (workdir, workdir / "tensorboard"):
+        hists = monitor.read_histograms(path)
+        assert sorted(hists) == ["mlp/bias", "mlp/kernel"] and sorted(hists["mlp/bias"]) == [
+            1, 2, 3, 4, 5, 6]
+        for t in (1, 6):
+            counts, edges = hists["mlp/kernel"][t]
+            np.testing.assert_array_equal(counts, logged[t].histogram("mlp/kernel"))
+            assert len(edges) == len(counts) - 1
+    grads = monitor.read_histograms(workdir, "grad")
+    assert sorted(grads) == ["mlp/bias", "mlp/kernel"]
+    assert grads["mlp/kernel"][2][0].sum() == 64 * 48
+    steps, loss = monitor.read_scalars(workdir)["loss"]
+    np.testing.assert_allclose(loss, 3.0 / steps)
+    with pytest.raises(ValueError, match="kind='delta'; valid: update, grad"):
+        monitor.read_histograms(workdir, "delta")
+    with pytest.raises(FileNotFoundError, match="no TensorBoard folder"):
+        monitor.read_histograms(tmp_path / "nothing")

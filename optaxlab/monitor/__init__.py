@@ -16,7 +16,8 @@ next to the theory.
   variances, spread, SNR, shape diagnostics, the distances to the closed-form law f_{m_eff(t)}
   and to the pure-noise reference of `optaxlab.monitor.noise`) and "histogram vs theory" images;
   returns the scalars (the trainer appends them to metrics.jsonl).
-- `EventWriter`: TensorBoard event files without TensorFlow.
+- `EventWriter`: TensorBoard event files without TensorFlow; `read_histograms(workdir)`,
+  `read_scalars(workdir)`: what was written, back as numpy (counts and edges per step).
 - `default_config()` / `settings(...)`: the `config.monitor` block and its validation.
 
 TensorBoard tags and the meaning of every scalar: `optaxlab.monitor.overlay`.
@@ -26,6 +27,7 @@ from optaxlab.monitor.config import Settings, default_config, settings, theory_s
 from optaxlab.monitor.events import EventWriter
 from optaxlab.monitor.noise import noise_reference
 from optaxlab.monitor.overlay import references, summarize, theory_at, tv_distance
+from optaxlab.monitor.read import read_histograms, read_scalars
 from optaxlab.monitor.stats import LAYER_FIELDS, find_hyperparams, find_moments, layer_groups
 from optaxlab.monitor.watch import Stats, WatchState, attach, latest, vmap_axes, watch
 from optaxlab.monitor.writer import IMAGE_TAG, write
@@ -44,6 +46,8 @@ __all__ = [
     "latest",
     "layer_groups",
     "noise_reference",
+    "read_histograms",
+    "read_scalars",
     "references",
     "settings",
     "summarize",
