@@ -266,6 +266,7 @@ class GroupRunner(SubprocessRunner):
         # A group to resume: its points -> its members in checkpoint order (diverged ones too)
         self._resume: dict[frozenset[str], list[str]] = {}
         self._configs: dict[str, object] = {}
+        self._groupable: dict[str, str | None] = {}
         self._base = None
 
     def config(self, point: Point):
@@ -289,7 +290,9 @@ class GroupRunner(SubprocessRunner):
         except Exception as e:  # noqa: BLE001 - its solo trainer reports it (exit 2)
             self.solo_reasons[point.name] = f"its config does not build: {e}"
             return ("solo", point.index)
-        why = grouping.groupable(cfg)
+        if point.name not in self._groupable:  # validated once per point
+            self._groupable[point.name] = grouping.groupable(cfg)
+        why = self._groupable[point.name]
         workdir = point.workdir(self.sweep_dir)
         ckpts = workdir / "checkpoints"
         if why is None and ckpts.is_dir() and any(c.name.isdigit() for c in ckpts.iterdir()):

@@ -257,11 +257,11 @@ class SoloProgram:
         log.info("resumed from the checkpoint at step %d in %s", start, self.checkpoint_dir)
         return start, state
 
-    def _global(self, it) -> dict[str, jax.Array]:
-        return mesh_lib.global_batch(next(it), self.mesh, self.s.config.batch_size)
+    def _global(self, batch) -> dict[str, jax.Array]:
+        return mesh_lib.global_batch(batch, self.mesh, self.s.config.batch_size)
 
     def batch(self):
-        return self._global(self.data_iter)
+        return self._global(next(self.data_iter))
 
     def train(self, state, batch):
         return self.s.train_step(state, batch)
@@ -270,19 +270,11 @@ class SoloProgram:
         return ({k: np.asarray(v)[None] for k, v in metrics.items()},
                 None if stats is None else [stats])
 
-    def evaluate(self, state) -> list[dict[str, float]]:
-        config, sums = self.s.config, {}
-        it, n = iter(self.s.val_ds), 0
-        while not config.eval_batches or n < config.eval_batches:
-            try:
-                batch = self._global(it)
-            except StopIteration:
-                break
-            n += 1
-            out = self.s.eval_step(state.params, state.rest, state.opt_state, batch)
-            for k, v in jax.device_get(out).items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-        return [sums]
+    def eval_batches(self):
+        return (self._global(b) for b in self.s.val_ds)
+
+    def eval_step(self, state, batch):
+        return self.s.eval_step(state.params, state.rest, state.opt_state, batch)
 
     def tree(self, state):
         return state

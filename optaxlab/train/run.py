@@ -64,7 +64,14 @@ class Member:
 
 
 class Program(Protocol):
-    """What the loop drives: K members' compiled steps, their data and checkpoint tree."""
+    """What the loop drives: K members' compiled steps, their data and checkpoint tree.
+    `restore(mngr, members) -> (start, state)` (the newest checkpoint's, else initialized; may
+    mark members diverged earlier), `batch()`, `train(state, batch) -> (state, metrics, stats)`
+    on the device, `host(metrics, stats)` -> fetched metrics with a leading member axis (lr the
+    member's own) and stats per member, `tree(state)` / `meta(members)` what a checkpoint saves,
+    `eval_batches()` the validation batches, `eval_step(state, batch)` their sums
+    (loss_sum, count[, correct]) on the device, `member_files(i)` extra files (name -> text)
+    for member i's workdir."""
 
     k: int
     task: str  # 'lm' | 'classification'
@@ -73,31 +80,15 @@ class Program(Protocol):
     checkpoint_dir: epath.Path
     raise_on_divergence: bool  # a solo run raises NonFiniteError when its member diverges
 
-    def restore(self, mngr, members: list[Member]) -> tuple[int, Any]:
-        """(start step, state): the newest checkpoint's, else freshly initialized; may mark
-        members diverged in an earlier run (alive False, outcome written)."""
-
-    def batch(self) -> Any:
-        """The next training batch (every member's)."""
-
-    def train(self, state, batch) -> tuple[Any, Any, Any]:
-        """One step: (state, metrics, monitor statistics or None), on the device."""
-
-    def host(self, metrics, stats) -> tuple[dict[str, np.ndarray], list | None]:
-        """Fetched metrics with a leading member axis (lr the member's own), and the monitor
-        statistics per member."""
-
-    def evaluate(self, state) -> list[dict[str, float]]:
-        """Per member: the sums over the validation batches (loss_sum, count[, correct])."""
-
-    def tree(self, state) -> Any:
-        """The checkpoint tree of `state`."""
-
-    def meta(self, members: list[Member]) -> dict[str, Any]:
-        """The checkpoint's JSON metadata (data positions, fingerprint, ...)."""
-
-    def member_files(self, i: int) -> dict[str, str]:
-        """Extra files (name -> text) written into member i's workdir at the start."""
+    def restore(self, mngr, members: list[Member]) -> tuple[int, Any]: ...
+    def batch(self) -> Any: ...
+    def train(self, state, batch) -> tuple[Any, Any, Any]: ...
+    def host(self, metrics, stats) -> tuple[dict[str, np.ndarray], list | None]: ...
+    def eval_batches(self) -> Any: ...
+    def eval_step(self, state, batch) -> Any: ...
+    def tree(self, state) -> Any: ...
+    def meta(self, members: list[Member]) -> dict[str, Any]: ...
+    def member_files(self, i: int) -> dict[str, str]: ...
 
 
 class Result(NamedTuple):
@@ -340,14 +331,25 @@ class _Loop:
     def evaluate(self, state, recs: list[dict[str, Any] | None]) -> None:
         """Each live member's eval_loss and eval_perplexity (LM) or eval_accuracy, into its
         record and TensorBoard eval/."""
-        for mem, sums, rec in zip(self.members, self.p.evaluate(state), recs, strict=True):
-            if not mem.alive or not sums or rec is None:
+        cfg, sums = self.config, [{} for _ in self.members]
+        batches, n = self.p.eval_batches(), 0
+        while not cfg.eval_batches or n < cfg.eval_batches:
+            batch = next(batches, None)
+            if batch is None:
+                break
+            n += 1
+            out, _ = self.p.host(jax.device_get(self.p.eval_step(state, batch)), None)
+            for i, total in enumerate(sums):
+                for key, v in out.items():
+                    total[key] = total.get(key, 0.0) + float(v[i])
+        for mem, total, rec in zip(self.members, sums, recs, strict=True):
+            if not mem.alive or not total or rec is None:
                 continue
-            res = {"eval_loss": sums["loss_sum"] / sums["count"]}
+            res = {"eval_loss": total["loss_sum"] / total["count"]}
             if self.p.task == "lm":
                 res["eval_perplexity"] = math.exp(min(res["eval_loss"], 80.0))
             else:
-                res["eval_accuracy"] = sums["correct"] / sums["count"]
+                res["eval_accuracy"] = total["correct"] / total["count"]
             mem.writer.scalars(self.step, {k[5:]: v for k, v in res.items()}, "eval")
             log.info("step %d: %s", self.step, ", ".join(f"{k}={v:.4g}" for k, v in res.items()))
             rec.update(res)

@@ -20,26 +20,15 @@ What makes it one program:
   at the same time (`compilation.compile_shared`: a sweep's workers), the others loading it
   from JAX's persistent compilation cache.
 
-Each member writes what its solo run writes into its own workdir (metrics.jsonl, TensorBoard
-train/ and eval/ scalars, the monitor's histograms and theory overlay when monitor.every > 0,
-config.json, status.json) through `metrics.Writer` and `workdir.write_status`, plus
-WORKDIR/group.json naming its group. The group's Orbax checkpoint
-(the stacked state, checksummed like a solo one, with every member's data-iterator position)
-lives in GROUP_DIR/checkpoints/<step>/; rerunning `train_group` with the same members resumes it.
-
-Divergence (nan_policy='halt'): a member whose step is non-finite is frozen on the device from
-that step on (its state stays the last finite one), recorded as diverged at that step (status
-'diverged', exit code 3, its metrics end at the step before, as a solo run's) and the others go
-on. With nan_policy='skip' members skip such steps exactly as solo runs do.
+The host loop is `run.run`, the same as a solo run's (`GroupProgram` is what it drives): each
+member writes what its solo run writes into its own workdir, plus WORKDIR/group.json naming its
+group. The group's Orbax checkpoint (the stacked state and the members' `active` flags, with
+every member's data-iterator position) lives in GROUP_DIR/checkpoints/<step>/; rerunning
+`train_group` with the same members resumes it. Under nan_policy='halt' a diverged member is
+frozen on the device (its state the last finite one) and the others go on.
 
 Sharding: the member axis is split over `devices` (a 1-D mesh with axis 'members'); each member
-is computed whole on one device (its own config's mesh must resolve to one device). The model is
-not sharded inside a member: groups are for models that fit on one device.
-
-Not vectorized (`groupable` says why; the sweep runner runs such points solo): configs whose
-own mesh needs several devices. Hyperparameters that change the chain's structure (None vs a
-number, strings, bools, loop counts), and with the monitor on its theory constants (b1, b2,
-eps), differ between groups, not within one.
+is computed whole on one device. Which configs can share a group: `grouping`.
 """
 
 from __future__ import annotations
@@ -425,26 +414,17 @@ class GroupProgram:
         return state, metrics, stats
 
     def host(self, metrics, stats):
-        metrics = dict(metrics, lr=np.float32(metrics["lr"]) * self.peaks)
+        if "lr" in metrics:  # the train step's (not eval sums): the member's own lr
+            metrics = dict(metrics, lr=np.float32(metrics["lr"]) * self.peaks)
         return metrics, (None if stats is None else
                          [jax.tree.map(lambda x, i=i: x[i], stats) for i in range(self.k)])
 
-    def evaluate(self, state) -> list[dict[str, float]]:
-        val = [iter(v) for _, v in self.datasets]
-        sums: list[dict[str, float]] = [{} for _ in range(self.k)]
-        n, base = 0, self.configs[0]
-        while not base.eval_batches or n < base.eval_batches:
-            try:
-                batch = self._stack([next(it) for it in val])
-            except StopIteration:
-                break
-            n += 1
-            out = jax.device_get(self._fn("evaluate")(state.params, state.rest,
-                                                      state.opt_state, batch))
-            for i in range(self.k):
-                for key, v in out.items():
-                    sums[i][key] = sums[i].get(key, 0.0) + float(v[i])
-        return sums
+    def eval_batches(self):
+        return (self._stack(list(b)) for b in zip(*(v for _, v in self.datasets),
+                                                                strict=False))
+
+    def eval_step(self, state, batch):
+        return self._fn("evaluate")(state.params, state.rest, state.opt_state, batch)
 
     def tree(self, state):
         return {"state": state, "active": self.active}
