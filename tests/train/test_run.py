@@ -98,3 +98,20 @@ def test_a_bad_profiler_window_is_a_config_error(window, says):
     cfg = tiny_lm(**{f"profile.{k}": v for k, v in window.items()})
     with pytest.raises(ConfigError, match=says):
         config_lib.validate(cfg, num_devices=1)
+
+
+def test_throughput_of_a_group_counts_every_member_on_a_device():
+    # K=4 members on 2 devices at 2 steps/s, 256 tokens a step: each member 512 tokens/s, each
+    # device 1024; MFU against the chip's peak where known (H100), none on CPU.
+    from types import SimpleNamespace as NS
+
+    from optaxlab.train import hardware
+    from optaxlab.train import run as run_lib
+
+    loop = NS(unit="tokens", per_step=256, p=NS(k=4, mesh=NS(size=2)), flops=1e9,
+              device_kind="NVIDIA H100 80GB HBM3")
+    out = run_lib._Loop.throughput(loop, 2.0)
+    peak = hardware.peak_flops("NVIDIA H100 80GB HBM3")
+    assert peak and out == {"steps_per_sec": 2.0, "tokens_per_sec": 512.0,
+                            "tokens_per_sec_per_device": 1024.0, "mfu": 1e9 * 1024.0 / peak}
+    assert "mfu" not in run_lib._Loop.throughput(NS(**{**vars(loop), "device_kind": "cpu"}), 2.0)
