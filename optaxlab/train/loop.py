@@ -1,4 +1,4 @@
-"""The training loop: validate, lock the workdir, resume, train/eval/checkpoint/log, clean up.
+"""A solo training run: validate, lock the workdir, resume, train/eval/checkpoint/log, clean up.
 
 Order of a run (the lock is the first thing written to the workdir; a run refused at steps 1-3
 leaves it byte-identical):
@@ -9,10 +9,9 @@ leaves it byte-identical):
   4. restore (corrupt checkpoints are moved aside, unreadable storage is exit 4), train;
   5. write WORKDIR/status.json, release the lock.
 
-Metrics are fetched one step behind (the device runs step t while the host reads step t-1),
-except at checkpoint / eval / final / stop steps, which sync first, so that a non-finite step is
-always caught before anything is saved. SIGTERM / SIGINT stop the loop at a step boundary every
-process agrees on (`signals.Stopper`), after a checkpoint.
+Steps 4-5 are the host loop `run.run` (the same one a vectorized group runs) driving a
+`SoloProgram`: the compiled steps of `step.compile_steps` on the config's mesh. SIGTERM / SIGINT
+stop it at a step boundary every process agrees on (`signals.Stopper`), after a checkpoint.
 """
 
 from __future__ import annotations
