@@ -252,7 +252,7 @@ class GroupJob:
 
 class GroupRunner(SubprocessRunner):
     """Points whose configs differ only in seed, peak learning rate and numeric optimizer
-    hyperparameters (`optaxlab.train.vectorized.signature`) run together, at most
+    hyperparameters (`optaxlab.train.grouping.signature`) run together, at most
     `max_members` per group (default: what fits in half the free memory), as one
     `python -m optaxlab.sweep.group DIR/groups/<name>` process; the others (a solo checkpoint
     to resume, a workdir another trainer holds, a config that needs several devices) run as solo
@@ -266,6 +266,7 @@ class GroupRunner(SubprocessRunner):
         # A group to resume: its points -> its members in checkpoint order (diverged ones too)
         self._resume: dict[frozenset[str], list[str]] = {}
         self._configs: dict[str, object] = {}
+        self._groupable: dict[str, str | None] = {}
         self._base = None
 
     def config(self, point: Point):
@@ -281,7 +282,7 @@ class GroupRunner(SubprocessRunner):
         return self._configs[point.name]
 
     def group_key(self, point: Point) -> Hashable:
-        from optaxlab.train import vectorized
+        from optaxlab.train import grouping
         from optaxlab.train import workdir as workdir_lib
 
         try:
@@ -289,7 +290,9 @@ class GroupRunner(SubprocessRunner):
         except Exception as e:  # noqa: BLE001 - its solo trainer reports it (exit 2)
             self.solo_reasons[point.name] = f"its config does not build: {e}"
             return ("solo", point.index)
-        why = vectorized.groupable(cfg)
+        if point.name not in self._groupable:  # validated once per point
+            self._groupable[point.name] = grouping.groupable(cfg)
+        why = self._groupable[point.name]
         workdir = point.workdir(self.sweep_dir)
         ckpts = workdir / "checkpoints"
         if why is None and ckpts.is_dir() and any(c.name.isdigit() for c in ckpts.iterdir()):
@@ -302,7 +305,7 @@ class GroupRunner(SubprocessRunner):
         if why is not None:
             self.solo_reasons[point.name] = why
             return ("solo", point.index)
-        return ("vectorized", vectorized.signature_key(cfg))
+        return ("vectorized", grouping.signature_key(cfg))
 
     def split(self, points: Sequence[Point], workers: int) -> list[list[Point]]:
         """A job of same-key points as groups of at most max_members, at least one per worker
@@ -331,14 +334,14 @@ class GroupRunner(SubprocessRunner):
         whose members are all among `points` or diverged (a diverged member stays in its
         group, frozen: without it the others would make a new group and start from step 0)."""
         from optaxlab.sweep import group as group_lib
-        from optaxlab.train import vectorized
+        from optaxlab.train import grouping
 
         here = {p.name: p for p in points}
         everyone = {p.name: p for p in self.plan.points}
         out: list[list[Point]] = []
         used: set[str] = set()
         for p in points:
-            member = outcome.read_json(p.workdir(self.sweep_dir) / vectorized.GROUP_JSON)
+            member = outcome.read_json(p.workdir(self.sweep_dir) / grouping.GROUP_JSON)
             if p.name in used or not member or "group_dir" not in member:
                 continue
             group_dir = Path(member["group_dir"])
@@ -378,10 +381,10 @@ class GroupRunner(SubprocessRunner):
         if self.group_key(points[0])[0] == "solo":
             why = self.solo_reasons.get(points[0].name)
             return f"solo   {points[0].name}: not vectorized ({why})" if why else None
-        from optaxlab.train import vectorized
+        from optaxlab.train import grouping
 
         members, frozen = self._members(points)
-        name = vectorized.group_name([p.name for p in members])
+        name = grouping.group_name([p.name for p in members])
         extra = (f" (resuming its checkpoint with the diverged {', '.join(sorted(frozen))} "
                  "frozen in it)" if frozen else "")
         return (f"group  {name}: {len(points)} point(s) vectorized in one program: "
@@ -391,10 +394,10 @@ class GroupRunner(SubprocessRunner):
         if self.group_key(points[0])[0] == "solo":
             return super().start(points, cpus)
         from optaxlab.sweep import group as group_lib
-        from optaxlab.train import vectorized
+        from optaxlab.train import grouping
 
         members, frozen = self._members(points)
-        name = vectorized.group_name([p.name for p in members])
+        name = grouping.group_name([p.name for p in members])
         group_dir = self.sweep_dir / GROUPS_DIR / name
         group_dir.mkdir(parents=True, exist_ok=True)
         group_lib._write_json(group_dir / group_lib.GROUP_FILE, {  # noqa: SLF001

@@ -48,6 +48,8 @@ def default_config() -> ml_collections.ConfigDict:
         warmup), and any hparam of the registry entry (gradient clipping: `max_norm`).
       monitor: optaxlab.monitor.default_config(); model, data: see optaxlab.models / data.
       progress_bar: show a tqdm bar on process 0.
+      profile: start, steps: a `jax.profiler` trace of steps [start, start + steps) written
+        under WORKDIR/tensorboard/plugins/profile/ (steps=0: off).
     """
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -67,6 +69,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.data = ml_collections.ConfigDict()
     c.progress_bar = True
+    c.profile = ml_collections.ConfigDict(dict(start=0, steps=0))
     c.lock()
     c.optimizer.unlock()  # its keys are the chosen optimizer's hparams
     return c
@@ -138,6 +141,7 @@ def validate(config, *, num_devices: int) -> Plan:
     for field in ("eval_every", "eval_batches", "seed"):
         if not isinstance(config[field], int) or config[field] < 0:
             _fail(field, f"{config[field]!r} must be a non-negative int")
+    _check_profile(config)
     if config.nan_policy not in NAN_POLICIES:
         _fail("nan_policy", f"{config.nan_policy!r}; valid: {', '.join(NAN_POLICIES)}")
     try:
@@ -174,6 +178,18 @@ def validate(config, *, num_devices: int) -> Plan:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return Plan(mesh_shape=shape, task=task, optimizer_hparams=hparams)
+
+
+def _check_profile(config) -> None:
+    """The profiler window (config.profile) lies inside [1, config.steps]."""
+    prof = config.get("profile") or {}
+    start, steps = prof.get("start", 0), prof.get("steps", 0)
+    for key, value in (("start", start), ("steps", steps)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            _fail(f"profile.{key}", f"{value!r} must be a non-negative int")
+    if steps and not 1 <= start <= config.steps - steps + 1:
+        _fail("profile", f"start={start} steps={steps} is not a window of steps 1..{config.steps}"
+              f"; valid: 1 <= start and start + steps - 1 <= steps ({config.steps})")
 
 
 # Registry hparams a config cannot express (callables); left at their defaults.

@@ -1,4 +1,4 @@
-"""The training loop: validate, lock the workdir, resume, train/eval/checkpoint/log, clean up.
+"""A solo training run: validate, lock the workdir, resume, train/eval/checkpoint/log, clean up.
 
 Order of a run (the lock is the first thing written to the workdir; a run refused at steps 1-3
 leaves it byte-identical):
@@ -9,10 +9,9 @@ leaves it byte-identical):
   4. restore (corrupt checkpoints are moved aside, unreadable storage is exit 4), train;
   5. write WORKDIR/status.json, release the lock.
 
-Metrics are fetched one step behind (the device runs step t while the host reads step t-1),
-except at checkpoint / eval / final / stop steps, which sync first, so that a non-finite step is
-always caught before anything is saved. SIGTERM / SIGINT stop the loop at a step boundary every
-process agrees on (`signals.Stopper`), after a checkpoint.
+Steps 4-5 are the host loop `run.run` (the same one a vectorized group runs) driving a
+`SoloProgram`: the compiled steps of `step.compile_steps` on the config's mesh. SIGTERM / SIGINT
+stop it at a step boundary every process agrees on (`signals.Stopper`), after a checkpoint.
 """
 
 from __future__ import annotations
@@ -21,17 +20,13 @@ import copy
 import functools
 import json
 import logging
-import math
 import os
-import sys
-import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 import optax
-import tqdm
 from etils import epath
 from jax.experimental import multihost_utils
 
@@ -41,12 +36,13 @@ from optaxlab.train import checkpoint as ckpt_lib
 from optaxlab.train import config as config_lib
 from optaxlab.train import errors, optim
 from optaxlab.train import mesh as mesh_lib
-from optaxlab.train import metrics as metrics_lib
+from optaxlab.train import run as run_lib
 from optaxlab.train import signals as signals_lib
 from optaxlab.train import state as state_lib
 from optaxlab.train import step as step_lib
 from optaxlab.train import workdir as workdir_lib
-from optaxlab.train.errors import ConfigError, NonFiniteError
+from optaxlab.train.errors import ConfigError
+from optaxlab.train.run import save_config  # noqa: F401 - re-exported
 
 log = logging.getLogger("optaxlab.train")
 
@@ -119,18 +115,6 @@ def fingerprint(config, task: str) -> dict[str, Any]:
 def _jsonable(obj):
     """`obj` as it reads back from JSON (tuples become lists)."""
     return json.loads(json.dumps(obj, default=str))
-
-
-def save_config(config, workdir: epath.Path, start: int) -> None:
-    """WORKDIR/config.json (or config.resumed_at_<start>.json when a resumed run's config
-    differs from the saved one)."""
-    text = config.to_json_best_effort(indent=2, sort_keys=True)
-    path = workdir / "config.json"
-    if path.exists() and path.read_text() != text:
-        path = workdir / f"config.resumed_at_{start}.json"
-        log.warning("config differs from %s; saved this run's config to %s",
-                    workdir / "config.json", path)
-    path.write_text(text)
 
 
 def _take_lock(workdir) -> dict[str, Any] | None:
@@ -221,10 +205,9 @@ def _prepare(config, devices, stop_after, wrap_optimizer) -> _Setup:
 def _after_lock(setup: _Setup, workdir, holder, stopper, restart: bool) -> RunResult:
     """Steps 3-5 of a run (see the module docstring), the lock held by `holder`."""
     config = setup.config
-    is_main = jax.process_index() == 0
     mngr = None
     try:
-        if restart and is_main:
+        if restart and jax.process_index() == 0:
             workdir_lib.move_aside(workdir)
         if restart and jax.process_count() > 1:
             multihost_utils.sync_global_devices("optaxlab_restart")
@@ -237,224 +220,69 @@ def _after_lock(setup: _Setup, workdir, holder, stopper, restart: bool) -> RunRe
         if holder is not None:
             workdir_lib.release(workdir, holder)
         raise
-
-    run = _Run(setup, workdir, mngr)
-    outcome = {"status": "failed", "exit_code": errors.BUG, "message": "", "diverged_step": None}
-    aborted = False
+    member = run_lib.Member(config, workdir)
     try:
-        result = run.loop(stopper)
-        mngr.wait_until_finished()  # the checkpoint is complete before we say so
-        code = errors.INTERRUPTED if result.status == "interrupted" else errors.FINISHED
-        outcome = {"status": result.status, "exit_code": code, "message": result.message,
-                   "diverged_step": None}
-        return result
-    except BaseException as e:
-        outcome["exit_code"] = errors.exit_code(e)
-        outcome["message"] = (f"I/O failure: {errors.io_failure(e)}"
-                              if outcome["exit_code"] == errors.IO_FAILURE else errors.one_line(e))
-        if isinstance(e, NonFiniteError):
-            outcome.update(status="diverged", diverged_step=run.diverged_step)
-        elif isinstance(e, KeyboardInterrupt):
-            aborted = True
-            outcome.update(status="interrupted", message=(
-                f"aborted by a second SIGINT after step {run.step}; no checkpoint of it "
-                f"(last: {mngr.latest_step()})"))
-        raise
+        result = run_lib.run(SoloProgram(setup, workdir), [member], mngr, stopper, setup.end)
     finally:
-        run.close(wait=not aborted)
-        if is_main:
-            try:
-                workdir_lib.write_status(workdir, step=run.step, steps=config.steps, **outcome)
-            except OSError as e:
-                log.error("could not write %s: %s", workdir / workdir_lib.STATUS, e)
-            if holder is not None:
-                workdir_lib.release(workdir, holder)
+        if holder is not None:
+            workdir_lib.release(workdir, holder)
+    return RunResult(records=member.records, state=result.state, start_step=result.start_step,
+                     status=member.outcome.status, message=member.outcome.message)
 
 
-class _Run:
-    """One run attempt after the workdir is taken: restore, loop, close."""
+class SoloProgram:
+    """`run.Program` of one run: the trainer's compiled steps on the config's own mesh (its
+    metrics get a leading member axis of 1 on the host); the checkpoint tree is the TrainState."""
 
-    def __init__(self, setup: _Setup, workdir, mngr):
-        self.setup, self.workdir, self.mngr = setup, workdir, mngr
-        self.is_main = jax.process_index() == 0
-        self.writer = self.bar = None
-        self.step = 0  # last completed step
-        self.diverged_step = None
-        self.status = "finished"
+    k = 1
+    raise_on_divergence = True
 
-    def _restore(self):
-        s = self.setup
-        restored = ckpt_lib.restore_latest(self.mngr, s.abstract, s.fingerprint, s.optimizer)
-        data_iter = iter(s.train_ds)
+    def __init__(self, setup: _Setup, workdir):
+        self.s, self.workdir = setup, workdir
+        self.task, self.mesh, self.names = setup.plan.task, setup.mesh, setup.names
+        self.checkpoint_dir = workdir / "checkpoints"
+        self.data_iter = None
+
+    def restore(self, mngr, members):
+        s = self.s
+        restored = ckpt_lib.restore_latest(mngr, s.abstract, s.fingerprint, s.optimizer)
+        self.data_iter = iter(s.train_ds)
         if restored is None:
-            return 0, s.init_fn(), data_iter
+            return 0, s.init_fn()
         start, state, meta = restored
         if isinstance(state, dict):  # a target-less restore gives dicts; ours gives TrainState
             state = state_lib.TrainState(**state)
-        data_iter.set_state(meta["data_iterator"])
-        log.info("resumed from the checkpoint at step %d in %s", start,
-                 self.workdir / "checkpoints")
-        return start, state, data_iter
+        self.data_iter.set_state(meta["data_iterator"])
+        log.info("resumed from the checkpoint at step %d in %s", start, self.checkpoint_dir)
+        return start, state
 
-    def _meta(self, data_iter) -> dict[str, Any]:
-        return {"fingerprint": self.setup.fingerprint,
-                "config": _jsonable(self.setup.config.to_dict()),
-                "data_iterator": _jsonable(data_iter.get_state()),
+    def _global(self, batch) -> dict[str, jax.Array]:
+        return mesh_lib.global_batch(batch, self.mesh, self.s.config.batch_size)
+
+    def batch(self):
+        return self._global(next(self.data_iter))
+
+    def train(self, state, batch):
+        return self.s.train_step(state, batch)
+
+    def host(self, metrics, stats):
+        return ({k: np.asarray(v)[None] for k, v in metrics.items()},
+                None if stats is None else [stats])
+
+    def eval_batches(self):
+        return (self._global(b) for b in self.s.val_ds)
+
+    def eval_step(self, state, batch):
+        return self.s.eval_step(state.params, state.rest, state.opt_state, batch)
+
+    def tree(self, state):
+        return state
+
+    def meta(self, members) -> dict[str, Any]:
+        return {"fingerprint": self.s.fingerprint,
+                "config": _jsonable(self.s.config.to_dict()),
+                "data_iterator": _jsonable(self.data_iter.get_state()),
                 "process_count": jax.process_count()}
 
-    def loop(self, stopper: signals_lib.Stopper) -> RunResult:
-        s = self.setup
-        config, plan, mesh, workdir = s.config, s.plan, s.mesh, self.workdir
-        start, state, data_iter = self._restore()
-        self.step = start
-        if self.is_main:
-            save_config(config, workdir, start)
-        writer = self.writer = metrics_lib.Writer(workdir, resume_step=start,
-                                                  enabled=self.is_main)
-        per_step = config.batch_size * (config.seq_len if plan.task == "lm" else 1)
-        unit = "tokens" if plan.task == "lm" else "examples"
-        bar = self.bar = tqdm.tqdm(total=s.end, initial=start,
-                                   disable=not (config.progress_bar and self.is_main),
-                                   file=sys.stderr, dynamic_ncols=True, desc="train")
-        records: list[dict[str, Any]] = []
-        clock = {"time": None, "step": start}
-        names, end = s.names, s.end
-
-        def batch_of(it) -> dict[str, jax.Array]:
-            return mesh_lib.global_batch(next(it), mesh, config.batch_size)
-
-        def evaluate(state) -> dict[str, float]:
-            sums: dict[str, float] = {}
-            it, n = iter(s.val_ds), 0
-            while not config.eval_batches or n < config.eval_batches:
-                try:
-                    batch = batch_of(it)
-                except StopIteration:
-                    break
-                n += 1
-                out = s.eval_step(state.params, state.rest, state.opt_state, batch)
-                for k, v in jax.device_get(out).items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-            if not sums:
-                return {}
-            result = {"eval_loss": sums["loss_sum"] / sums["count"]}
-            if plan.task == "lm":
-                result["eval_perplexity"] = math.exp(min(result["eval_loss"], 80.0))
-            else:
-                result["eval_accuracy"] = sums["correct"] / sums["count"]
-            writer.scalars(int(state.step), {k[5:]: v for k, v in result.items()}, "eval")
-            log.info("step %d: %s", int(state.step),
-                     ", ".join(f"{k}={v:.4g}" for k, v in result.items()))
-            return result
-
-        def culprit(m, step: int) -> str:
-            for flags, what in ((m["grad_finite"], "gradient"), (m["param_finite"], "update")):
-                bad = [n for n, ok in zip(names, flags, strict=True) if not ok]
-                if bad:
-                    return f"{what} at step {step} (first offending parameter: {bad[0]})"
-            if not bool(m["state_finite"]):
-                return f"optimizer state at step {step}"
-            return f"loss ({float(m['loss'])}) at step {step}"
-
-        def handle(pending, force: bool) -> tuple[dict[str, Any] | None, int]:
-            """Host side of one finished step: NaN policy, then its record (if it is logged),
-            and the agreed stop flag."""
-            step, m, stats, stop = pending
-            m, stats, stop = jax.device_get((m, stats, stop))
-            if not bool(m["finite"]):
-                what = culprit(m, step)
-                if config.nan_policy == "halt":
-                    self.diverged_step = step
-                    latest = self.mngr.latest_step()
-                    raise NonFiniteError(
-                        f"non-finite {what}; nan_policy='halt' stopped the run "
-                        f"(last good checkpoint: {f'step {latest}' if latest else 'none'} in "
-                        f"{workdir / 'checkpoints'}); --config.nan_policy=skip skips such steps")
-                log.warning("non-finite %s: update skipped (%d skipped so far)", what,
-                            int(m["skipped"]))
-            self.step = step
-            if not (force or step % config.log_every == 0 or stats):
-                return None, int(stop)
-            now = time.perf_counter()
-            train_metrics = {k: float(m[k]) for k in ("loss", "lr", "grad_norm", "update_norm")}
-            if "accuracy" in m:
-                train_metrics["accuracy"] = float(m["accuracy"])
-            train_metrics["skipped_steps"] = int(m["skipped"])
-            if clock["time"] is not None and step > clock["step"]:
-                steps_per_sec = (step - clock["step"]) / (now - clock["time"])
-                train_metrics["steps_per_sec"] = steps_per_sec
-                train_metrics[f"{unit}_per_sec"] = steps_per_sec * per_step
-            clock.update(time=now, step=step)
-            writer.scalars(step, train_metrics, "train")
-            record = {"step": step, **train_metrics}
-            if stats is not None and self.is_main:
-                record.update(monitor.write(writer.tb, step, stats))
-            bar.set_postfix(loss=f"{train_metrics['loss']:.4f}", refresh=False, **(
-                {f"{unit[:3]}/s": f"{train_metrics[f'{unit}_per_sec']:.0f}"}
-                if f"{unit}_per_sec" in train_metrics else {}))  # drawn at the next update
-            return record, int(stop)
-
-        def emit(record: dict[str, Any] | None) -> None:
-            if record is not None:
-                writer.record(record)
-                records.append(record)
-
-        if start >= end:
-            log.info("nothing to do: the workdir is already at step %d (end: %d)", start, end)
-        pending, stop = None, signals_lib.NONE
-        for step in range(start + 1, end + 1):
-            batch = batch_of(data_iter)
-            state, m, stats = s.train_step(state, batch)
-            flag = stopper.poll()
-            bar.update(1)
-            if pending is not None:
-                record, sig = handle(pending, force=False)
-                emit(record)
-                stop = max(stop, sig)
-            pending = (step, m, stats if s.every and step % s.every == 0 else None, flag)
-            do_eval = bool(config.eval_every) and (step % config.eval_every == 0 or step == end)
-            do_save = step % config.checkpoint_every == 0 or step == end
-            if do_eval or do_save or stop:
-                record, sig = handle(pending, force=True)
-                pending = None
-                stop = max(stop, sig)
-                if do_eval:
-                    record.update(evaluate(state))
-                emit(record)
-                if do_save or stop:
-                    ckpt_lib.save(self.mngr, step, state, self._meta(data_iter))
-                writer.flush()
-                clock.update(time=time.perf_counter(), step=step)  # throughput excludes these
-                if stop and step < end:
-                    break
-        if pending is not None:
-            record, _ = handle(pending, force=True)
-            emit(record)
-        self.step = int(jax.device_get(state.step))
-        if stop and self.step < end:
-            self.status = signals_lib.STATUS[stop]
-            message = (f"{self.status} at step {self.step}; checkpoint saved; rerun the same "
-                       "command to resume")
-        elif end < config.steps:
-            message = (f"stopped at step {self.step} of {config.steps} (stop_after); rerun "
-                       "without it to continue")
-        else:
-            message = f"finished at step {self.step} of {config.steps}"
-        return RunResult(records=records, state=state, start_step=start, status=self.status,
-                         message=message)
-
-    def close(self, wait: bool = True) -> None:
-        """Close the progress bar, checkpoint manager (waiting for a save in flight unless
-        aborting) and metric writers; errors here are logged, not raised over the run's own."""
-        if self.bar is not None:
-            self.bar.close()
-        if wait:
-            try:
-                self.mngr.close()
-            except Exception as e:  # noqa: BLE001 - the run's outcome is already decided
-                log.error("closing the checkpoint manager failed: %s", errors.one_line(e))
-        if self.writer is not None:
-            try:
-                self.writer.close()
-            except Exception as e:  # noqa: BLE001
-                log.error("closing the metric writers failed: %s", errors.one_line(e))
+    def member_files(self, i: int) -> dict[str, str]:
+        return {}

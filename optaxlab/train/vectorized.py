@@ -20,37 +20,24 @@ What makes it one program:
   at the same time (`compilation.compile_shared`: a sweep's workers), the others loading it
   from JAX's persistent compilation cache.
 
-Each member writes what its solo run writes into its own workdir (metrics.jsonl, TensorBoard
-train/ and eval/ scalars, the monitor's histograms and theory overlay when monitor.every > 0,
-config.json, status.json) through `metrics.Writer` and `workdir.write_status`, plus
-WORKDIR/group.json naming its group. The group's Orbax checkpoint
-(the stacked state, checksummed like a solo one, with every member's data-iterator position)
-lives in GROUP_DIR/checkpoints/<step>/; rerunning `train_group` with the same members resumes it.
-
-Divergence (nan_policy='halt'): a member whose step is non-finite is frozen on the device from
-that step on (its state stays the last finite one), recorded as diverged at that step (status
-'diverged', exit code 3, its metrics end at the step before, as a solo run's) and the others go
-on. With nan_policy='skip' members skip such steps exactly as solo runs do.
+The host loop is `run.run`, the same as a solo run's (`GroupProgram` is what it drives): each
+member writes what its solo run writes into its own workdir, plus WORKDIR/group.json naming its
+group. The group's Orbax checkpoint (the stacked state and the members' `active` flags, with
+every member's data-iterator position) lives in GROUP_DIR/checkpoints/<step>/; rerunning
+`train_group` with the same members resumes it. Under nan_policy='halt' a diverged member is
+frozen on the device (its state the last finite one) and the others go on.
 
 Sharding: the member axis is split over `devices` (a 1-D mesh with axis 'members'); each member
-is computed whole on one device (its own config's mesh must resolve to one device). The model is
-not sharded inside a member: groups are for models that fit on one device.
-
-Not vectorized (`groupable` says why; the sweep runner runs such points solo): configs whose
-own mesh needs several devices. Hyperparameters that change the chain's structure (None vs a
-number, strings, bools, loop counts), and with the monitor on its theory constants (b1, b2,
-eps), differ between groups, not within one.
+is computed whole on one device. Which configs can share a group: `grouping`.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import inspect
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -64,12 +51,11 @@ from etils import epath
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from optaxlab import models, monitor, optimizers
+from optaxlab import models, optimizers
 from optaxlab.train import checkpoint as ckpt_lib
-from optaxlab.train import compilation, errors, optim
-from optaxlab.train import config as config_lib
+from optaxlab.train import compilation, errors, grouping, optim
 from optaxlab.train import loop as loop_lib
-from optaxlab.train import metrics as metrics_lib
+from optaxlab.train import run as run_lib
 from optaxlab.train import signals as signals_lib
 from optaxlab.train import state as state_lib
 from optaxlab.train import step as step_lib
@@ -77,72 +63,11 @@ from optaxlab.train import workdir as workdir_lib
 from optaxlab.train.errors import ConfigError
 
 log = logging.getLogger("optaxlab.train")
+# the grouping policy lives in `grouping`; these names stay importable from here
+GROUP_JSON, MEMBER_AXIS, signature_key = (grouping.GROUP_JSON, grouping.MEMBER_AXIS,
+                                          grouping.signature_key)
 
-MEMBER_AXIS = "members"
-GROUP_JSON = "group.json"  # WORKDIR/group.json: the group a member was last trained in
 PEAK = "lr_peak"  # the injected peak learning rate (hyperparams['learning_rate'] is the shape)
-# Fields that may differ between members (besides the traced optimizer hyperparameters).
-PER_MEMBER = ("seed", "optimizer.learning_rate", "progress_bar")
-
-
-# ------------------------------------------------------------------------------ grouping
-
-
-# With the monitor on, the hyperparameters its theory overlay takes as constants
-# (`monitor.theory_settings`) are not traced: members that differ in them are different groups.
-MONITOR_CONSTANTS = ("b1", "b2", "eps", "beta")
-
-
-def traced_hparams(config) -> dict[str, float | int]:
-    """The registry hyperparameters of `config.optimizer` that become traced inputs: numbers
-    (not bools, not None) that are not `optimizers.static_hparams` (loop counts, sizes), nor,
-    with the monitor on, `MONITOR_CONSTANTS`. Floats (and ints of float-typed hparams, e.g.
-    weight_decay=0) are float; other ints stay int."""
-    opt_cfg = config.optimizer
-    static = set(optimizers.static_hparams(opt_cfg.name))
-    if config.monitor.get("every", 0):
-        static |= set(MONITOR_CONSTANTS)
-    types = optimizers.hparam_types(opt_cfg.name)
-    out: dict[str, float | int] = {}
-    for key, value in optim.optimizer_hparams(opt_cfg).items():
-        if key in static or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        out[key] = float(value) if isinstance(value, float) or types.get(key) is float else value
-    return out
-
-
-def signature(config) -> dict[str, Any]:
-    """What every member of a group shares: the whole config but the seed, the peak learning
-    rate and the values of the traced hyperparameters (their names and kinds stay)."""
-    d = config.to_dict()
-    d.pop("seed", None)
-    d.pop("progress_bar", None)
-    opt = d["optimizer"]
-    opt.pop("learning_rate", None)
-    for key, value in traced_hparams(config).items():
-        opt[key] = f"<traced {type(value).__name__}>"
-    return json.loads(json.dumps(d, default=str, sort_keys=True))
-
-
-def signature_key(config) -> str:
-    """`signature(config)` as one string (equal strings: the configs can share a group)."""
-    return json.dumps(signature(config), sort_keys=True)
-
-
-def groupable(config) -> str | None:
-    """None if `config` can run as a group member, else why not (one line)."""
-    try:
-        config_lib.validate(config, num_devices=1)
-    except ConfigError as e:
-        return f"{errors.one_line(e)} (a group member runs on one device)"
-    return None
-
-
-def group_name(names: Sequence[str]) -> str:
-    """A stable folder name for the group of members `names` (order matters: it is the member
-    axis)."""
-    digest = hashlib.sha1("\n".join(names).encode()).hexdigest()[:12]
-    return f"group-{digest}"
 
 
 # ------------------------------------------------------------------------------ program
@@ -262,7 +187,7 @@ def _program(config, k: int, mesh: Mesh, task: str, member_batch: int) -> _Progr
     if key in _PROGRAMS:
         return _PROGRAMS[key]
     opt_cfg = config.optimizer
-    traced = list(traced_hparams(config))
+    traced = list(grouping.traced_hparams(config))
     static = {k_: v for k_, v in optim.optimizer_hparams(opt_cfg).items() if k_ not in traced}
     shape_cfg = copy.deepcopy(opt_cfg)
     shape_cfg.learning_rate = 1.0
@@ -272,7 +197,7 @@ def _program(config, k: int, mesh: Mesh, task: str, member_batch: int) -> _Progr
     def tx_of(hps):
         return inject(learning_rate=shape, **hps)
 
-    placeholder = {PEAK: 1.0, **traced_hparams(config)}
+    placeholder = {PEAK: 1.0, **grouping.traced_hparams(config)}
     tx = tx_of(placeholder)  # update reads the numeric hparams from the state, not these
     sharding = NamedSharding(mesh, PartitionSpec(MEMBER_AXIS))
     init_one = _member_init(config.model, tx_of)
@@ -318,17 +243,6 @@ def _program(config, k: int, mesh: Mesh, task: str, member_batch: int) -> _Progr
     return program
 
 
-def member_mesh(k: int, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh ('members',) over `devices` (default: as many of all devices as divide K)."""
-    if devices is None:
-        devices = jax.devices()[:math.gcd(k, jax.device_count())]
-    devices = list(devices)
-    if k % len(devices):
-        raise ConfigError(f"a group of {k} members cannot be split over {len(devices)} devices; "
-                          f"use a member count divisible by {len(devices)} or fewer devices")
-    return Mesh(np.asarray(devices), (MEMBER_AXIS,))
-
-
 # ------------------------------------------------------------------------------ the run
 
 
@@ -339,27 +253,6 @@ class GroupResult(NamedTuple):
     statuses: list[str]  # per member: finished | preempted | interrupted | diverged | failed
     exit_codes: list[int]  # per member: the exit code its solo run would have had
     messages: list[str]
-
-
-def check_group(configs: Sequence[Any]) -> str:
-    """The common task of `configs`; ConfigError unless they can share one program."""
-    if not configs:
-        raise ConfigError("a group needs at least one config")
-    tasks = set()
-    for i, c in enumerate(configs):
-        why = groupable(c)
-        if why:
-            raise ConfigError(f"member {i}: {why}")
-        tasks.add(config_lib.validate(c, num_devices=1).task)
-    first = signature(configs[0])
-    for i, c in enumerate(configs[1:], 1):
-        other = signature(c)
-        if other != first:
-            diffs = ckpt_lib.differences(first, other)  # the same wording
-            raise ConfigError(f"member {i} cannot share a group with member 0: "
-                              f"{'; '.join(diffs[:3])} (only {', '.join(PER_MEMBER)} and numeric "
-                              "optimizer hyperparameters may differ)")
-    return tasks.pop()
 
 
 def train_group(configs: Sequence[Any], workdirs: Sequence[Any], group_dir, *,
@@ -379,13 +272,13 @@ def train_group(configs: Sequence[Any], workdirs: Sequence[Any], group_dir, *,
     configs = [copy.deepcopy(c) for c in configs]
     if len(configs) != len(workdirs):
         raise ConfigError(f"{len(configs)} configs but {len(workdirs)} workdirs")
-    task = check_group(configs)
+    task = grouping.check_group(configs)
     k = len(configs)
     base = configs[0]
     end = base.steps if stop_after is None else int(stop_after)
     if not 0 < end <= base.steps:
         raise ConfigError(f"stop_after={stop_after} must be in [1, config.steps={base.steps}]")
-    mesh = member_mesh(k, devices)
+    mesh = grouping.member_mesh(k, devices)
     local = k // mesh.size
     member_batch = min(local, member_batch or default_member_batch(
         local, mesh.devices.flat[0].platform))
@@ -397,40 +290,48 @@ def train_group(configs: Sequence[Any], workdirs: Sequence[Any], group_dir, *,
     group_dir = epath.Path(os.path.abspath(group_dir))
     fingerprint = {"members": [{**loop_lib.fingerprint(c, task),
                                 "learning_rate": float(c.optimizer.learning_rate),
-                                "traced": traced_hparams(c)} for c in configs]}
+                                "traced": grouping.traced_hparams(c)} for c in configs]}
     fingerprint = json.loads(json.dumps(fingerprint))
     optimizer_json = json.loads(json.dumps(base.optimizer.to_dict(), default=str))
 
+    group = GroupProgram(configs, workdirs, group_dir, program, mesh, task, datasets,
+                         fingerprint, optimizer_json)
+    members = [run_lib.Member(c, w) for c, w in zip(configs, workdirs, strict=True)]
     holders = []
     try:
         for w in workdirs:
             holders.append((w, workdir_lib.acquire(w)))
-    except BaseException:
-        for w, h in holders:
-            workdir_lib.release(w, h)
-        raise
-    run = _GroupRun(configs, workdirs, group_dir, program, mesh, task, datasets, end,
-                    fingerprint, optimizer_json)
-    try:
+        group_dir.mkdir(parents=True, exist_ok=True)
+        mngr = ckpt_lib.manager(group_dir / "checkpoints", keep=base.keep_checkpoints,
+                                async_save=base.async_checkpointing)
         with signals_lib.Stopper(mesh) as stopper:
-            return run.run(stopper)
+            result = run_lib.run(group, members, mngr, stopper, end)
     finally:
         for w, h in holders:
             workdir_lib.release(w, h)
+    return GroupResult(records=[m.records for m in members], state=result.state,
+                       start_step=result.start_step,
+                       statuses=[m.outcome.status for m in members],
+                       exit_codes=[m.outcome.exit_code for m in members],
+                       messages=[m.outcome.message for m in members])
 
 
-class _GroupRun:
+class GroupProgram:
+    """`run.Program` of a group: the shared compiled pieces (`_program`), every member's data
+    iterators, its checkpoint tree {'state': stacked TrainState, 'active': bool[K]}."""
+
+    raise_on_divergence = False
+
     def __init__(self, configs, workdirs, group_dir, program: _Program, mesh, task, datasets,
-                 end, fingerprint, optimizer_json):
+                 fingerprint, optimizer_json):
         self.configs, self.workdirs, self.group_dir = configs, workdirs, group_dir
         self.p, self.mesh, self.task, self.datasets = program, mesh, task, datasets
-        self.end, self.fingerprint, self.optimizer_json = end, fingerprint, optimizer_json
-        self.k = len(configs)
-        self.step = 0
-        self.alive = [True] * self.k
-        self.outcome: list[dict[str, Any] | None] = [None] * self.k
-
-    # -- pieces
+        self.fingerprint, self.optimizer_json = fingerprint, optimizer_json
+        self.k, self.names = len(configs), program.names
+        self.checkpoint_dir = group_dir / "checkpoints"
+        self.peaks = np.array([c.optimizer.learning_rate for c in configs], np.float32)
+        self.iters: list[Any] = []
+        self.active = None
 
     def _stack(self, batches: list[dict[str, np.ndarray]]) -> dict[str, jax.Array]:
         return {key: jax.device_put(np.stack([b[key] for b in batches]), self.p.sharding)
@@ -438,7 +339,7 @@ class _GroupRun:
 
     def _init_args(self) -> tuple[jax.Array, dict[str, jax.Array]]:
         """(seeds, hyperparameters) of the members, the init program's inputs."""
-        per = [{PEAK: float(c.optimizer.learning_rate), **traced_hparams(c)}
+        per = [{PEAK: float(c.optimizer.learning_rate), **grouping.traced_hparams(c)}
                for c in self.configs]
         seeds = jnp.asarray(np.array([c.seed for c in self.configs], np.int32))
         return seeds, {n: jnp.asarray(np.array([h[n] for h in per])) for n in per[0]}
@@ -476,257 +377,71 @@ class _GroupRun:
             log.info("group programs ready in %.1f s (%s)", time.perf_counter() - t,
                      ", ".join(lowered))
 
-    def _meta(self, iters) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint,
-                "config": {"optimizer": self.optimizer_json},
-                "members": [os.fspath(w) for w in self.workdirs],
-                "data_iterators": [json.loads(json.dumps(it.get_state(), default=str))
-                                   for it in iters],
-                "diverged": [o["diverged_step"] if o else None for o in self.outcome],
-                "process_count": 1}
-
-    def _restore(self, mngr):
-        iters = [iter(ds) for ds, _ in self.datasets]
+    def restore(self, mngr, members):
+        self._compile(fresh=mngr.latest_step() is None)
+        self.iters = [iter(ds) for ds, _ in self.datasets]
         ckpt_lib.check_compatible(mngr, self.p.abstract, self.fingerprint, self.optimizer_json)
         restored = ckpt_lib.restore_latest(mngr, self.p.abstract, self.fingerprint,
                                            self.optimizer_json)
         if restored is None:
-            state = self._fn("init")(*self._init_args())
-            active = jax.device_put(np.ones(self.k, bool), self.p.sharding)
-            return 0, state, active, iters
+            self.active = jax.device_put(np.ones(self.k, bool), self.p.sharding)
+            return 0, self._fn("init")(*self._init_args())
         start, tree, meta = restored
         state = tree["state"]
         if isinstance(state, dict):
             state = state_lib.TrainState(**state)
-        for it, pos in zip(iters, meta["data_iterators"], strict=True):
+        for it, pos in zip(self.iters, meta["data_iterators"], strict=True):
             it.set_state(pos)
-        for i, div in enumerate(meta.get("diverged", [])):
+        for m, div in zip(members, meta.get("diverged", []), strict=False):
             if div is not None:  # recorded when it happened; stays frozen, its files as they are
-                self.alive[i] = False
                 try:
-                    status = workdir_lib.read_status(self.workdirs[i]) or {}
+                    status = workdir_lib.read_status(m.workdir) or {}
                 except (OSError, ValueError):
                     status = {}
-                self.outcome[i] = {"status": "diverged", "exit_code": errors.DIVERGED,
-                                   "message": status.get("message", ""), "diverged_step": div,
-                                   "written": True}
+                m.alive = False
+                m.outcome = run_lib.Outcome("diverged", errors.DIVERGED,
+                                            status.get("message", ""), div, written=True)
         log.info("group resumed from the checkpoint at step %d in %s", start,
-                 self.group_dir / "checkpoints")
-        return start, state, tree["active"], iters
+                 self.checkpoint_dir)
+        self.active = tree["active"]
+        return start, state
 
-    def _diverge(self, i: int, step: int, m: dict[str, np.ndarray], mngr) -> None:
-        """Record member i as diverged at `step` (what its solo run writes, at once)."""
-        what = None
-        for flags, kind in (("grad_finite", "gradient"), ("param_finite", "update")):
-            bad = [n for n, ok in zip(self.p.names, m[flags][i], strict=True) if not ok]
-            if bad:
-                what = f"{kind} at step {step} (first offending parameter: {bad[0]})"
-                break
-        if what is None:
-            what = (f"optimizer state at step {step}" if not m["state_finite"][i] else
-                    f"loss ({float(m['loss'][i])}) at step {step}")
-        latest = mngr.latest_step()
-        message = (f"non-finite {what}; nan_policy='halt' stopped this member of the vectorized "
-                   f"group {self.group_dir.name} (last good group checkpoint: "
-                   f"{f'step {latest}' if latest else 'none'}); the other members go on")
-        log.warning("member %d (%s): %s", i, self.workdirs[i].name, message)
-        self.alive[i] = False
-        self.outcome[i] = {"status": "diverged", "exit_code": errors.DIVERGED,
-                           "message": message, "diverged_step": step}
-        self._write_status(i, step - 1)
+    def batch(self):
+        return self._stack([next(it) for it in self.iters])
 
-    def _write_status(self, i: int, step: int) -> None:
-        o = self.outcome[i]
-        workdir_lib.write_status(self.workdirs[i], status=o["status"], step=step,
-                                 steps=self.configs[i].steps, exit_code=o["exit_code"],
-                                 message=o["message"], diverged_step=o["diverged_step"])
-        o["written"] = True
+    def train(self, state, batch):
+        state, metrics, self.active, stats = self._fn("train")(state, batch, self.active)
+        return state, metrics, stats
 
-    # -- the loop
+    def host(self, metrics, stats):
+        if "lr" in metrics:  # the train step's (not eval sums): the member's own lr
+            metrics = dict(metrics, lr=np.float32(metrics["lr"]) * self.peaks)
+        return metrics, (None if stats is None else
+                         [jax.tree.map(lambda x, i=i: x[i], stats) for i in range(self.k)])
 
-    def run(self, stopper) -> GroupResult:
-        base = self.configs[0]
-        self.group_dir.mkdir(parents=True, exist_ok=True)
-        mngr = ckpt_lib.manager(self.group_dir / "checkpoints", keep=base.keep_checkpoints,
-                                async_save=base.async_checkpointing)
-        writers: list[metrics_lib.Writer] = []
-        records: list[list[dict[str, Any]]] = [[] for _ in range(self.k)]
-        state = None
-        stop = signals_lib.NONE
-        try:
-            self._compile(fresh=mngr.latest_step() is None)
-            train = self._fn("train")
-            start, state, active, iters = self._restore(mngr)
-            self.step = start
-            for i, (c, w) in enumerate(zip(self.configs, self.workdirs, strict=True)):
-                if not self.alive[i]:  # diverged in an earlier run: nothing of it changes
-                    writers.append(metrics_lib.Writer(w, enabled=False))
-                    continue
-                loop_lib.save_config(c, w, start)  # the solo run's config.json
-                (w / GROUP_JSON).write_text(json.dumps(
-                    {"group_dir": os.fspath(self.group_dir), "member": i, "members": self.k,
-                     "workdirs": [os.fspath(x) for x in self.workdirs]}, indent=1) + "\n")
-                writers.append(metrics_lib.Writer(w, resume_step=start, enabled=self.alive[i]))
-            per_step = base.batch_size * (base.seq_len if self.task == "lm" else 1)
-            unit = "tokens" if self.task == "lm" else "examples"
-            peaks = np.array([c.optimizer.learning_rate for c in self.configs], np.float32)
-            every = base.monitor.get("every", 0)
-            clock = {"time": None, "step": start}
+    def eval_batches(self):
+        return (self._stack(list(b)) for b in zip(*(v for _, v in self.datasets),
+                                                                strict=False))
 
-            def handle(pending, force: bool) -> list[dict[str, Any] | None]:
-                step, m, flag, stats = pending
-                m, flag, stats = jax.device_get((m, flag, stats))
-                nonlocal stop
-                stop = max(stop, int(flag))
-                out: list[dict[str, Any] | None] = [None] * self.k
-                for i in range(self.k):
-                    if self.alive[i] and not m["finite"][i]:
-                        if base.nan_policy == "halt":
-                            self._diverge(i, step, m, mngr)
-                        else:
-                            log.warning("member %d: non-finite step %d skipped (%d so far)", i,
-                                        step, int(m["skipped"][i]))
-                self.step = step
-                if not (force or step % base.log_every == 0 or stats is not None):
-                    return out
-                now = time.perf_counter()
-                rate = None
-                if clock["time"] is not None and step > clock["step"]:
-                    rate = (step - clock["step"]) / (now - clock["time"])
-                clock.update(time=now, step=step)
-                for i in range(self.k):
-                    if not self.alive[i]:
-                        continue
-                    tm = {"loss": float(m["loss"][i]),
-                          "lr": float(np.float32(m["lr"][i]) * peaks[i]),
-                          "grad_norm": float(m["grad_norm"][i]),
-                          "update_norm": float(m["update_norm"][i])}
-                    if "accuracy" in m:
-                        tm["accuracy"] = float(m["accuracy"][i])
-                    tm["skipped_steps"] = int(m["skipped"][i])
-                    if rate is not None:
-                        tm["steps_per_sec"] = rate
-                        tm[f"{unit}_per_sec"] = rate * per_step
-                    writers[i].scalars(step, tm, "train")
-                    out[i] = {"step": step, **tm}
-                    if stats is not None:  # the member's histograms and theory overlay
-                        out[i].update(monitor.write(writers[i].tb, step,
-                                                    jax.tree.map(lambda x: x[i], stats)))
-                return out
+    def eval_step(self, state, batch):
+        return self._fn("evaluate")(state.params, state.rest, state.opt_state, batch)
 
-            def emit(recs) -> None:
-                for i, r in enumerate(recs):
-                    if r is not None and self.alive[i]:
-                        writers[i].record(r)
-                        records[i].append(r)
+    def tree(self, state):
+        return {"state": state, "active": self.active}
 
-            def evaluate(state, recs) -> None:
-                val = [iter(v) for _, v in self.datasets]
-                sums: list[dict[str, float]] = [{} for _ in range(self.k)]
-                n = 0
-                while not base.eval_batches or n < base.eval_batches:
-                    try:
-                        batch = self._stack([next(it) for it in val])
-                    except StopIteration:
-                        break
-                    n += 1
-                    out = jax.device_get(self._fn("evaluate")(state.params, state.rest,
-                                                              state.opt_state, batch))
-                    for i in range(self.k):
-                        for key, v in out.items():
-                            sums[i][key] = sums[i].get(key, 0.0) + float(v[i])
-                for i in range(self.k):
-                    if not self.alive[i] or not sums[i] or recs[i] is None:
-                        continue
-                    res = {"eval_loss": sums[i]["loss_sum"] / sums[i]["count"]}
-                    if self.task == "lm":
-                        res["eval_perplexity"] = math.exp(min(res["eval_loss"], 80.0))
-                    else:
-                        res["eval_accuracy"] = sums[i]["correct"] / sums[i]["count"]
-                    writers[i].scalars(self.step, {k_[5:]: v for k_, v in res.items()}, "eval")
-                    recs[i].update(res)
+    def meta(self, members) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint,
+                "config": {"optimizer": self.optimizer_json},
+                "members": [os.fspath(w) for w in self.workdirs],
+                "data_iterators": [json.loads(json.dumps(it.get_state(), default=str))
+                                   for it in self.iters],
+                "diverged": [m.outcome.diverged_step if m.outcome else None for m in members],
+                "process_count": 1}
 
-            pending = None
-            for step in range(start + 1, self.end + 1):
-                if not any(self.alive):
-                    break
-                batch = self._stack([next(it) for it in iters])
-                state, m, active, stats = train(state, batch, active)
-                flag = stopper.poll()
-                if pending is not None:
-                    emit(handle(pending, force=False))
-                pending = (step, m, flag, stats if every and step % every == 0 else None)
-                do_eval = bool(base.eval_every) and (step % base.eval_every == 0
-                                                     or step == self.end)
-                do_save = step % base.checkpoint_every == 0 or step == self.end
-                if do_eval or do_save or stop:
-                    recs = handle(pending, force=True)
-                    pending = None
-                    if do_eval:
-                        evaluate(state, recs)
-                    emit(recs)
-                    if do_save or stop:
-                        ckpt_lib.save(mngr, step, {"state": state, "active": active},
-                                      self._meta(iters))
-                    for i, w in enumerate(writers):
-                        if self.alive[i]:
-                            w.flush()
-                    clock.update(time=time.perf_counter(), step=step)
-                    if stop and step < self.end:
-                        break
-            if pending is not None:
-                emit(handle(pending, force=True))
-            mngr.wait_until_finished()
-            last = self.step
-            for i, c in enumerate(self.configs):
-                if not self.alive[i]:
-                    continue
-                if stop and last < self.end:
-                    status = signals_lib.STATUS[stop]
-                    code = errors.INTERRUPTED if status == "interrupted" else errors.FINISHED
-                    msg = (f"{status} at step {last}; group checkpoint saved; rerun the same "
-                           "command to resume")
-                elif self.end < c.steps:
-                    status, code = "finished", errors.FINISHED
-                    msg = (f"stopped at step {last} of {c.steps} (stop_after); rerun without "
-                           "it to continue")
-                else:
-                    status, code = "finished", errors.FINISHED
-                    msg = f"finished at step {last} of {c.steps}"
-                self.outcome[i] = {"status": status, "exit_code": code,
-                                   "message": f"{msg} (vectorized: member {i} of {self.k} in "
-                                   f"{self.group_dir})", "diverged_step": None}
-        except BaseException as e:
-            code = errors.exit_code(e)
-            msg = (f"I/O failure: {errors.io_failure(e)}" if code == errors.IO_FAILURE
-                   else errors.one_line(e))
-            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-            for i in range(self.k):
-                if self.alive[i] or self.outcome[i] is None:
-                    self.outcome[i] = {"status": status, "exit_code": code, "message": msg,
-                                       "diverged_step": None}
-            raise
-        finally:
-            try:
-                mngr.close()
-            except Exception as e:  # noqa: BLE001 - the outcome is decided
-                log.error("closing the checkpoint manager failed: %s", errors.one_line(e))
-            for w in writers:
-                try:
-                    w.close()
-                except Exception as e:  # noqa: BLE001
-                    log.error("closing the metric writers failed: %s", errors.one_line(e))
-            for i in range(self.k):
-                o = self.outcome[i]
-                if o is not None and not o.get("written"):
-                    try:
-                        self._write_status(i, self.step)
-                    except OSError as e:
-                        log.error("could not write the status of %s: %s", self.workdirs[i], e)
-        return GroupResult(records=records, state=state, start_step=start,
-                           statuses=[o["status"] for o in self.outcome],
-                           exit_codes=[o["exit_code"] for o in self.outcome],
-                           messages=[o["message"] for o in self.outcome])
+    def member_files(self, i: int) -> dict[str, str]:
+        return {GROUP_JSON: json.dumps(
+            {"group_dir": os.fspath(self.group_dir), "member": i, "members": self.k,
+             "workdirs": [os.fspath(x) for x in self.workdirs]}, indent=1) + "\n"}
 
 
 def member_state(state: state_lib.TrainState, i: int) -> state_lib.TrainState:
