@@ -35,7 +35,8 @@ The step is the trainer's own: config validation, mesh, optimizer (through the m
   microbatch, rematerialization, each with its estimated total (estimates; compile the
   suggested setting to check).
 
-Collectives inside loop bodies (``while``) are counted once per appearance, not per trip.
+Collectives inside loop bodies (``while``) are counted once per appearance, not per trip;
+instructions with one channel_id are one collective.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -104,8 +106,12 @@ def group_size(rest: str, num_devices: int) -> int:
 
 def parse_collectives(hlo_text: str, num_devices: int) -> list[dict[str, Any]]:
     """Every collective of an HLO module (``-done`` halves skipped): kind, bytes (the full
-    buffer per device, see the module docstring), group size and the result shape text."""
-    found = []
+    buffer per device, see the module docstring), group size and the result shape text.
+
+    Instructions sharing a channel_id are one collective (TPU's compiler clones and splits
+    them into fusions): counted once, at the size of the largest piece."""
+    found: list[dict[str, Any]] = []
+    by_channel: dict[tuple[str, str], dict[str, Any]] = {}
     for line in hlo_text.splitlines():
         m = _OP.match(line)
         if not m:
@@ -125,8 +131,18 @@ def parse_collectives(hlo_text: str, num_devices: int) -> list[dict[str, Any]]:
             total /= 2
         elif kind == "reduce-scatter":  # the result is 1/g of the reduced buffer
             total *= g
-        found.append({"kind": kind, "bytes": total, "group": g, "name": m.group("name"),
-                      "shape": shape.strip()})
+        channel = re.search(r"channel_id=(\d+)", rest)
+        c = {"kind": kind, "bytes": total, "group": g, "name": m.group("name"),
+             "shape": shape.strip(), "channel": channel.group(1) if channel else None}
+        key = (kind, c["channel"])
+        if c["channel"] is not None and key in by_channel:  # one collective, several pieces
+            first = by_channel[key]
+            if total > first["bytes"]:
+                first.update(bytes=total, shape=c["shape"])
+            continue
+        if c["channel"] is not None:
+            by_channel[key] = c
+        found.append(c)
     return found
 
 
@@ -176,13 +192,16 @@ def step_floor(model_flops: float, devices: int, peak_flops: float, hbm_bandwidt
 
 
 _OOM = re.compile(r"Used\s+([0-9.]+)([KMGT]?)\s*of\s+([0-9.]+)([KMGT]?)\s+hbm", re.I)
+_OOM_TEMP = re.compile(r"HLO temporaries \(([0-9.]+)([KMGT]?)\) exceeds available HBM "
+                       r"\(([0-9.]+)([KMGT]?)\)", re.I)
 _UNIT = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 def oom_bytes(message: str) -> tuple[float, float] | None:
     """(used, capacity) bytes from an XLA TPU out-of-memory message ('Used 19.1G of 15.75G
-    hbm'), or None."""
-    m = _OOM.search(message)
+    hbm', or 'HLO temporaries (18.78G) exceeds available HBM (15.75G)': then the temporaries
+    alone, a lower bound), or None."""
+    m = _OOM.search(message) or _OOM_TEMP.search(message)
     if not m:
         return None
     return (float(m.group(1)) * _UNIT[m.group(2).upper()],
@@ -219,6 +238,7 @@ def _jax_for_aot():
     """Import jax with its CPU backend only (the targets' devices are compile-only)."""
     os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compile-only: no chip to lock
     import jax
 
     try:
@@ -335,8 +355,8 @@ def advice(config, mesh_shape, total: float, temp: float, param_bytes: float,
     return out
 
 
-def analyze(config, target: hardware.Target, devices: Sequence[Any] | None = None
-            ) -> dict[str, Any]:
+def analyze(config, target: hardware.Target, devices: Sequence[Any] | None = None,
+            hlo_out: str | None = None) -> dict[str, Any]:
     """Compile the train step of `config` for `target`; the report as a dict (see `main`)."""
     jax = _jax_for_aot()
     chip = hardware.CHIPS[target.chip]
@@ -406,7 +426,10 @@ def analyze(config, target: hardware.Target, devices: Sequence[Any] | None = Non
             out["xla_flops_per_step"] = float(cost["flops"]) * len(devices)
         if cost.get("bytes accessed"):
             out["xla_bytes_accessed_per_device"] = float(cost["bytes accessed"])
-    by_kind, largest = collective_bytes(compiled.as_text(), len(devices))
+    hlo = compiled.as_text()
+    if hlo_out:
+        Path(hlo_out).write_text(hlo)
+    by_kind, largest = collective_bytes(hlo, len(devices))
     out["collective_bytes_per_step"] = by_kind
     out["collective_largest"] = largest
     accessed = out["xla_bytes_accessed_per_device"] or float(
@@ -479,9 +502,9 @@ def table_cells() -> list[tuple[str, str, list[str]]]:
     on h100-8 and v5p-8; fsdp over all devices, monitor as configured."""
     cells = []
     mesh = ["--config.mesh.data=1", "--config.mesh.fsdp=-1"]
-    for target, attention in (("h100-8", "cudnn"), ("v5e-8", None), ("v4-8", None)):
+    for batch in (16, 64, 256):
         for vocab in (256, 50304):
-            for batch in (16, 64, 256):
+            for target, attention in (("h100-8", "cudnn"), ("v5e-8", None), ("v4-8", None)):
                 over = [*mesh, f"--config.model.vocab_size={vocab}",
                         f"--config.batch_size={batch}"]
                 if attention:
@@ -517,22 +540,22 @@ def run_cell(config_file: str, target: str, overrides: Iterable[str],
 
 def table_row(r: dict[str, Any]) -> str:
     """One markdown row of the table."""
-    c = r.get("config", {})
-    m = c.get("model", {})
+    c = r.get("config") or {}
+    m = c.get("model") or {}
     coll = r.get("collective_bytes_per_step")
     floor = r.get("collective_floor_bytes")
-    ratio = (sum(coll.values()) / floor if coll and floor else None)
-    name = Path(r.get("config_file", "?")).stem
-    err = (r.get("error") or "").replace("|", "/")
-    return (f"| {name} | {r['target']} | {m.get('attention_impl', '?')} | "
-            f"{m.get('vocab_size', '?')} | {c.get('batch_size', '?')} | "
-            f"{'yes' if r.get('compiled') else 'no'} | {'yes' if r.get('fits') else 'no'} | "
-            f"{_gb(r.get('bytes_per_device'))} | "
-            + (f"{_gb(sum(coll.values()))} / {_gb(floor)} ({ratio:.1f}x)" if coll and floor
-               else "-")
-            + f" | {r['model_flops_per_step']:.2e}" if "model_flops_per_step" in r else " | -"
-            ) + (f" | {r['mfu_ceiling']:.0%}" if r.get("mfu_ceiling") else " | -") + (
-                f" | {err[:160]} |")
+    moved = sum(coll.values()) if coll else None
+    ratio = f" ({moved / floor:.1f}x)" if moved is not None and floor else ""
+    flops = r.get("model_flops_per_step")
+    mfu = r.get("mfu_ceiling")
+    cells = [Path(r.get("config_file", "?")).stem, r.get("target", "?"),
+             str(m.get("attention_impl", "?")), str(m.get("vocab_size", "?")),
+             str(c.get("batch_size", "?")), "yes" if r.get("compiled") else "no",
+             "yes" if r.get("fits") else "no", _gb(r.get("bytes_per_device")),
+             f"{_gb(moved)} / {_gb(floor)}{ratio}" if moved is not None else "-",
+             f"{flops:.2e}" if flops else "-", f"{mfu:.0%}" if mfu else "-",
+             (r.get("error") or "").replace("|", "/")[:200]]
+    return "| " + " | ".join(cells) + " |"
 
 
 TABLE_HEADER = ("| config | target | attention | vocab | batch | compiles | fits | "
@@ -550,11 +573,13 @@ def main(argv: Sequence[str]) -> None:
         rows = []
         print(TABLE_HEADER, flush=True)
         for config_file, target, over in table_cells():
+            start = time.time()
             r = run_cell(config_file, target, over)
+            r["compile_s"] = round(time.time() - start, 1)
             rows.append(r)
             print(table_row(r), flush=True)
-        if f.json:
-            Path(f.json_out or "aot_table.json").write_text(json.dumps(rows, indent=1))
+            if f.json:  # after every cell: a long table leaves what it has
+                Path(f.json_out or "aot_table.json").write_text(json.dumps(rows, indent=1))
         return
     if f.config is None or f.target is None:
         raise SystemExit("error: give --config=FILE and --target=NAME (or --table)")
@@ -568,7 +593,7 @@ def main(argv: Sequence[str]) -> None:
     from optaxlab.train.errors import ConfigError
 
     try:
-        result = analyze(f.config, target)
+        result = analyze(f.config, target, hlo_out=f.hlo_out)
     except (ConfigError, ValueError) as e:
         raise SystemExit(f"error: {str(e).splitlines()[0]}") from None
     if f.json:
@@ -589,6 +614,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("target", None, f"One of {list(hardware.TARGETS)}.")
     flags.DEFINE_bool("json", False, "Print one JSON object instead of the report.")
     flags.DEFINE_string("json_out", None, "Also write the JSON to this file.")
+    flags.DEFINE_string("hlo_out", None, "Write the compiled HLO text to this file.")
     flags.DEFINE_bool("table", False, "Compile issue 19's table (one process per cell).")
 
 
