@@ -211,6 +211,9 @@ def oom_bytes(message: str) -> tuple[float, float] | None:
 def one_line(e: BaseException) -> str:
     """The most telling line of an exception's message (an XLA status line if there is one)."""
     lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    raised = [x for x in lines if re.match(r"^[\w.]*(Error|Exception): ", x)]
+    if raised and "Traceback" in str(e):  # a Python error inside XLA (custom partitioner)
+        return f"{type(e).__name__}: {raised[-1]}"[:400]
     for line in lines:
         if any(k in line for k in ("RESOURCE_EXHAUSTED", "Ran out of memory", "Used ")):
             return f"{type(e).__name__}: {line}"[:400]

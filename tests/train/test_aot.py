@@ -137,6 +137,11 @@ def test_oom_message_bytes():
     assert aot.oom_bytes(msg2) == pytest.approx((18.78 * 2**30, 15.75 * 2**30))
     assert aot.oom_bytes("INVALID_ARGUMENT: something else") is None
     assert "RESOURCE_EXHAUSTED" in aot.one_line(RuntimeError("x\n" + msg))
+    nested = RuntimeError("INTERNAL: custom_partitioner: Traceback (most recent call last):\n"
+                          '  File "x.py", line 1\nValueError: Query, key and value should '
+                          "have same sharding.")
+    assert aot.one_line(nested).endswith("ValueError: Query, key and value should have same "
+                                         "sharding.")
 
 
 def test_advice_names_settings_that_fit():
@@ -275,3 +280,29 @@ def test_config_validation_error_is_a_value_error():
     c.mesh.tensor = 3
     with pytest.raises(ValueError):
         config_lib.validate(c, num_devices=8)
+
+
+# ------------------------------------------------------------------ the memory tool's --target
+
+
+def test_memory_target_without_extras_is_the_one_line_error(monkeypatch):
+    from optaxlab.train import memory
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    c = _lm_tiny(batch_size=16)
+    est = memory.estimate(c, devices=8)
+    with pytest.raises(SystemExit, match=r'pip install -e "\.\[gpu-aot\]"'):
+        memory.xla_check(c, "h100-8", est)
+
+
+@pytest.mark.aot
+def test_memory_target_prints_xla_bytes_next_to_the_estimate():
+    from optaxlab.train import memory
+
+    _needs("v5e-8")
+    c = _lm_tiny(batch_size=16)
+    c.monitor.every = 0
+    est = memory.estimate(c, devices=8)
+    text = memory.xla_check(c, "v5e-8", est)
+    assert text.startswith("XLA (v5e-8, deviceless compile): ") and "fits" in text
+    assert "this estimate" in text
