@@ -6,7 +6,7 @@ STAMP := $(VENV)/.optaxlab-installed
 RUNTIME_STAMP := $(VENV)/.optaxlab-runtime-installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo demo-quadratic experiments test test-slow test-all lint bench clean
+.PHONY: install install-aot demo demo-quadratic experiments test test-slow test-all aot lint bench clean
 
 # The runtime alone (what `make demo` needs); the test extras add torch (the test-only reference).
 $(RUNTIME_STAMP): pyproject.toml
@@ -38,13 +38,26 @@ experiments: $(RUNTIME_STAMP)
 	@for f in $(PAPER_EXPERIMENTS); do echo "== $$f"; $(PY) $$f || exit 1; done
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q
+	$(PY) -m pytest -m "not slow and not aot" -n $(PYTEST_WORKERS) -q
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m "slow" -q
+	$(PY) -m pytest -m "slow and not aot" -q
 
 test-all: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
+	$(PY) -m pytest -m "not aot" -n $(PYTEST_WORKERS) -q
+
+# Deviceless TPU / GPU compiles (libtpu + jax's CUDA plugin, no accelerator needed): the `aot`
+# tests, then issue 19's table, one compile at a time (docs/accelerators.md).
+AOT_STAMP := $(VENV)/.optaxlab-aot-installed
+$(AOT_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,tpu-aot,gpu-aot]"
+	touch $(AOT_STAMP)
+
+install-aot: $(AOT_STAMP)
+
+aot: $(AOT_STAMP)
+	$(PY) -m pytest -m aot -q tests/train/test_aot.py
+	$(PY) -m optaxlab.train.aot --table --json --json_out=aot_table.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

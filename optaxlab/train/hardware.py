@@ -75,3 +75,36 @@ def mfu(model_flops_per_token: float, tokens_per_sec_per_device: float,
     if peak is None:
         return None
     return model_flops_per_token * tokens_per_sec_per_device / peak
+
+
+class Target(NamedTuple):
+    """A slice the deviceless compile tool (`optaxlab.train.aot`) compiles for."""
+
+    name: str  # 'v5e-8', 'h100-8', ...
+    chip: str  # key of CHIPS
+    platform: str  # "gpu" | "tpu"
+    devices: int  # jax devices (TPU v4 / v5p: one megacore chip = one device)
+    topology: str  # libtpu topology name ('v5e:2x4') or the CUDA topology ('1x1x8')
+    chip_config: str | None = None  # libtpu chip config ('megacore' for v4 / v5p)
+
+
+# TPU names count TensorCores (v4-8 / v5p-8 = 4 megacore chips, v5e-8 / v6e-8 = 8 chips);
+# GPU names count GPUs in one node.
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("v4-8", "v4", "tpu", 4, "v4:2x2x1", "megacore"),
+    Target("v5e-8", "v5e", "tpu", 8, "v5e:2x4"),
+    Target("v5e-16", "v5e", "tpu", 16, "v5e:4x4"),
+    Target("v5p-8", "v5p", "tpu", 4, "v5p:2x2x1", "megacore"),
+    Target("v6e-8", "v6e", "tpu", 8, "v6e:2x4"),
+    Target("h100-1", "h100", "gpu", 1, "1x1x1"),
+    Target("h100-8", "h100", "gpu", 8, "1x1x8"),
+    Target("h200-8", "h200", "gpu", 8, "1x1x8"),
+    Target("a100-8", "a100", "gpu", 8, "1x1x8"),
+)}
+
+
+def target(name: str) -> Target:
+    """The TARGETS entry `name` (ValueError naming the valid ones otherwise)."""
+    if name not in TARGETS:
+        raise ValueError(f"target={name!r}; valid: {list(TARGETS)}")
+    return TARGETS[name]

@@ -21,7 +21,12 @@ T x T term is not kept; the report shows both. (The trainer does not remateriali
 there is no remat column.) Per device: parameters, gradients and optimizer state are split over
 fsdp x tensor, activations over the batch shards (data x fsdp) and, for the attention and MLP
 terms, tensor. `--compile` also compiles the real train step for one device
-at the per-device batch and prints XLA's own memory analysis (slow for big models).
+at the per-device batch and prints XLA's own memory analysis (slow for big models);
+`--target v5e-8` (or any `optaxlab.train.aot` target; needs the tpu-aot / gpu-aot extras)
+compiles the real sharded step for that slice without the hardware and prints XLA's bytes per
+device next to the estimate: where the extras are installed, that number is the one to trust
+(the estimate is within about +-35% of it: the T x T attention term and XLA's fusion differ
+by backend; see docs/accelerators.md).
 """
 
 from __future__ import annotations
@@ -196,6 +201,34 @@ def compiled_memory(config, batch_per_device: int) -> Any:
     return plain.lower(abstract, batch).compile().memory_analysis()
 
 
+def xla_check(config, target_name: str, est: Estimate) -> str:
+    """XLA's compiled per-device bytes of the real train step on `target_name` (deviceless,
+    `optaxlab.train.aot`; needs its extras) next to this estimate: on a target the compiled
+    numbers replace the estimate."""
+    from optaxlab.train import aot, hardware
+
+    try:
+        target = hardware.target(target_name)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    err = aot.missing_extra(target)
+    if err:
+        raise SystemExit(err)
+    if est.devices != target.devices:
+        raise SystemExit(f"error: --devices={est.devices} but target {target_name} has "
+                         f"{target.devices} devices")
+    r = aot.analyze(config, target)
+    need = est.per_device(next(iter(est.activations), None))
+    xla = r["bytes_per_device"]
+    verdict = ("fits" if r["fits"] else "does not fit") + f" in {_gb(r['device_memory_bytes'])}"
+    if xla is None:
+        return f"XLA ({target_name}): {r['error']}"
+    return (f"XLA ({target_name}, deviceless compile): {_gb(xla)} per device, {verdict}; "
+            f"this estimate: {_gb(need)} ({need / xla - 1:+.0%})"
+            + (f"\n  {r['error']}" if r["error"] else "")
+            + "".join(f"\n  would fit: {a}" for a in r["advice"]))
+
+
 def main(argv):
     import logging
 
@@ -225,6 +258,8 @@ def main(argv):
     except ValueError as e:
         raise SystemExit(f"error: {str(e).splitlines()[0]}") from None
     print(report(est, config))
+    if f.target:
+        print("\n" + xla_check(config, f.target, est))
     if f.compile:
         a = compiled_memory(config, int(est.batch_per_device))
         print(f"\nXLA's analysis of the compiled step ({jax.devices()[0].platform}, one device, "
@@ -245,6 +280,9 @@ def _define_flags() -> None:
     flags.DEFINE_integer("devices", None, "Number of devices (default: those JAX sees).")
     flags.DEFINE_string("mesh", None, "data,fsdp,tensor (-1 = the remaining devices); "
                         "default: the config's mesh.")
+    flags.DEFINE_string("target", None, "Also compile the real step for this TPU/GPU target "
+                        "without the hardware (python -m optaxlab.train.aot; needs its extras) "
+                        "and print XLA's per-device bytes next to the estimate.")
     flags.DEFINE_bool("compile", False, "Also compile the train step for one device and print "
                       "XLA's memory analysis.")
     flags.mark_flag_as_required("config")
