@@ -80,6 +80,23 @@ def test_splash_attention_sharded_over_batch_and_heads_equals_einsum():
     assert "manual_computation" not in jax.jit(tr.splash_attention).lower(q, k, v).as_text()
 
 
+def test_splash_lowers_for_tpu_with_the_mosaic_kernel():
+    """Under a TPU mesh (abstract: no TPU needed) splash lowers to the Pallas TPU kernel
+    (forward, dq and dkv custom calls) inside shard_map, not interpret mode."""
+    mesh = AbstractMesh((2, 2, 2), mesh_lib.AXES, axis_types=(AxisType.Auto,) * 3,
+                        abstract_device=AbstractDevice("TPU v5 lite", None, "tpu"))
+
+    def loss(q, k, v):
+        with jax.sharding.use_abstract_mesh(mesh):
+            return tr.splash_attention(q, k, v).astype(jnp.float32).sum()
+
+    q = jax.ShapeDtypeStruct((4, 256, 4, 64), jnp.bfloat16)
+    text = (jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, q, q)
+            .lower(lowering_platforms=("tpu",)).as_text())
+    assert text.count("tpu_custom_call") == 3
+    assert "manual_computation" in text
+
+
 def test_splash_needs_a_multiple_of_128():
     with pytest.raises(ValueError, match="attention_impl='splash'.*multiple of 128; got 16"):
         _run(_model(attention_impl="splash"), _batch(t=16))
