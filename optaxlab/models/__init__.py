@@ -32,7 +32,8 @@ __all__ = ["CNN", "DEFAULTS", "MLP", "Transformer", "count_params", "create", "f
 DEFAULTS: dict[str, dict[str, Any]] = {
     "transformer": dict(vocab_size=256, d_model=128, n_layers=2, n_heads=4, max_len=256,
                         rope_fraction=1.0, mlp_ratio=8 / 3, init_std=0.02,
-                        compute_dtype="float32", attention_impl="einsum"),
+                        compute_dtype="float32", attention_impl="auto", remat="none",
+                        logits_chunk=0),
     "cnn": dict(num_classes=10, channels=(32, 64), hidden=128, input_shape=(8, 8, 1)),
     "mlp": dict(num_classes=10, hidden=(256, 256), input_shape=(8, 8, 1)),
 }

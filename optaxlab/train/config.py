@@ -36,6 +36,8 @@ def default_config() -> ml_collections.ConfigDict:
     Fields:
       seed, steps: run seed (init and data order) and number of train steps.
       batch_size: global batch (all processes together); seq_len: LM window length.
+      grad_accum_steps: k microbatches of batch_size / k scanned inside one step, their mean
+        gradient applied once (optaxlab.train.step.loss_and_grads); 1: off.
       log_every: write metrics every N steps; eval_every: evaluate every N steps and at the end
         (0: never); eval_batches: validation batches per evaluation (0: the whole split).
       checkpoint_every: save every N steps (and at the end); keep_checkpoints: how many to keep;
@@ -55,6 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.steps = 1000
     c.batch_size = 32
+    c.grad_accum_steps = 1
     c.seq_len = 128
     c.log_every = 10
     c.eval_every = 200
@@ -157,6 +160,10 @@ def validate(config, *, num_devices: int) -> Plan:
         max_len = config.model.get("max_len")
         if max_len is not None and config.seq_len > max_len:
             _fail("seq_len", f"{config.seq_len} exceeds model.max_len={max_len}")
+        chunk = config.model.get("logits_chunk") or 0
+        if isinstance(chunk, int) and chunk > 0 and config.seq_len % chunk:
+            _fail("model.logits_chunk", f"{chunk} does not divide seq_len={config.seq_len}; "
+                  "use a divisor of seq_len or 0 (off)")
     elif model_name in VISION_MODELS:
         task = "classification"
     else:
@@ -171,6 +178,14 @@ def validate(config, *, num_devices: int) -> Plan:
     if config.batch_size % (data * fsdp):
         _fail("batch_size", f"{config.batch_size} is not divisible by the batch shards "
               f"data*fsdp = {data}*{fsdp} = {data * fsdp}")
+    k = config.grad_accum_steps
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        _fail("grad_accum_steps", f"{k!r} must be a positive int (1: no accumulation)")
+    per_device = config.batch_size // (data * fsdp)
+    if per_device % k:
+        _fail("grad_accum_steps", f"{k} does not divide the per-device batch {per_device} "
+              f"(batch_size {config.batch_size} / data*fsdp {data * fsdp}); valid: "
+              f"{', '.join(str(d) for d in range(1, per_device + 1) if per_device % d == 0)}")
 
     hparams = check_optimizer(config.optimizer)
     try:

@@ -125,3 +125,28 @@ def global_batch(batch: dict[str, np.ndarray], mesh: Mesh,
         return jax.make_array_from_process_local_data(sharding, x, shape)
 
     return {k: put(v) for k, v in batch.items()}
+
+
+def activation_spec(spec: Sequence, shape: Sequence[int]) -> PartitionSpec | None:
+    """`spec` over the trace's context mesh ('batch' = BATCH_AXES), fitted to `shape`
+    (`fit_spec`), or None when there is no such mesh: no context mesh (plain eager calls, a jit
+    without one), a mesh without the trainer's AXES, or inside shard_map over any of them."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(AXES) <= set(mesh.axis_names):
+        return None
+    if set(AXES) & set(getattr(mesh, "manual_axes", ())):
+        return None
+    parts = [BATCH_AXES if a == "batch" else a for a in spec]
+    return fit_spec(PartitionSpec(*parts), shape, mesh)
+
+
+def constrain(x: jax.Array, spec: Sequence) -> jax.Array:
+    """`jax.lax.with_sharding_constraint(x, spec)` under the trainer's mesh (see
+    `activation_spec`; 'batch' names the data axes), else `x` unchanged.
+
+    The models call it on activations so that XLA keeps them sharded over the batch axes
+    instead of gathering the global batch inside the (backward) matmuls;
+    `optaxlab.train.step.compile_steps` traces the steps under the mesh so these apply.
+    """
+    fitted = activation_spec(spec, x.shape)
+    return x if fitted is None else jax.lax.with_sharding_constraint(x, fitted)

@@ -6,12 +6,27 @@ apply -> finiteness check of the loss, the gradient, the new parameters and the 
 state. Anything non-finite never reaches the state: params, rest and opt_state stay as they were
 and `skipped` counts it; the host decides (nan_policy) whether to halt or go on. So a state that
 is saved is always finite.
+
+Gradient accumulation (`grad_accum_steps` = k > 1, `config.grad_accum_steps`): `loss_and_grads`
+splits the batch into k microbatches (microbatch i holds rows i, i + k, i + 2k, ..., so each
+device's rows split evenly and every microbatch stays sharded over the data axes) and scans
+over them inside the one jitted step (`jax.lax.scan`), carrying the running sums of the
+gradient, the loss and the aux sums; the result is the mean loss and mean gradient of the full
+batch (what the optimizer and the monitor see) with activations for one microbatch at a time.
+A `MicrobatchFold` folds each microbatch's gradient into a small carry inside the scan (e.g.
+the sum of squared microbatch-gradient norms, for gradient-noise statistics) without storing
+the k gradients; its result is `aux["microbatch"]`, which reaches `apply_gradients`.
+
+`compile_steps` traces both steps under the mesh of `batch_sharding`
+(`jax.sharding.use_abstract_mesh`), so the models' activation sharding constraints
+(`optaxlab.train.mesh.constrain`) and `attention_impl='auto'` see the mesh and its platform.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,10 +38,14 @@ from optaxlab.train.state import TrainState, merge, split
 
 
 def lm_loss(model, batch, train: bool):
-    """Mean next-token cross entropy; sums for evaluation."""
+    """Mean next-token cross entropy; sums for evaluation. Uses the model's `token_losses`
+    (the transformer's chunked cross entropy) when it has one."""
     del train
-    logits = model(batch["inputs"]).astype(jnp.float32)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    if hasattr(model, "token_losses"):
+        ce = model.token_losses(batch["inputs"], batch["targets"])
+    else:
+        logits = model(batch["inputs"]).astype(jnp.float32)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     return ce.mean(), {"loss_sum": ce.sum(), "count": jnp.float32(ce.size)}
 
 
@@ -40,6 +59,39 @@ def classification_loss(model, batch, train: bool):
 
 
 LOSSES = {"lm": lm_loss, "classification": classification_loss}
+SUMMED_AUX = ("loss_sum", "count", "correct")  # aux entries that add over microbatches
+
+
+class MicrobatchFold(NamedTuple):
+    """Folds each microbatch's gradient into a small carry inside the accumulation scan.
+
+    init(params) -> carry (a pytree of fixed shapes); update(carry, grads) -> carry, called
+    once per microbatch with that microbatch's mean gradient (once with the full-batch gradient
+    when grad_accum_steps = 1). The final carry is `aux["microbatch"]`.
+    """
+
+    init: Callable[[Any], Any]
+    update: Callable[[Any, Any], Any]
+
+
+def squared_norm_fold() -> MicrobatchFold:
+    """Sum over microbatches of the squared global norm of the microbatch gradient."""
+    return MicrobatchFold(init=lambda params: jnp.zeros((), jnp.float32),
+                          update=lambda carry, g: carry + optax.tree.norm(g, squared=True))
+
+
+def split_microbatches(batch, k: int):
+    """[B, ...] leaves -> [k, B/k, ...]: microbatch i holds rows i, i + k, ... (each device's
+    contiguous rows split evenly, so every microbatch keeps the batch sharding)."""
+    from optaxlab.train import mesh as mesh_lib
+
+    def one(x):
+        if x.shape[0] % k:
+            raise ValueError(f"grad_accum_steps={k} must divide the batch size {x.shape[0]}")
+        y = x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+        return mesh_lib.constrain(y, (None, "batch") + (None,) * (x.ndim - 1))
+
+    return jax.tree.map(one, batch)
 
 
 def _all_finite(tree) -> jax.Array:
@@ -50,7 +102,8 @@ def _all_finite(tree) -> jax.Array:
 
 
 def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransformation,
-               loss_fn: Callable, watch: optax.GradientTransformation | None = None):
+               loss_fn: Callable, watch: optax.GradientTransformation | None = None,
+               grad_accum_steps: int = 1, microbatch_fn: MicrobatchFold | None = None):
     """One optimizer step. Returns (new state, metrics, the monitor's stats or None).
 
     metrics['grad_finite'] / ['param_finite'] hold one flag per parameter leaf (in
@@ -58,19 +111,59 @@ def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransfor
     ['state_finite'] one flag for the new optimizer state and model variables, so the host can
     name what went wrong.
     """
-    grads = loss_and_grads(state.params, state.rest, batch, graphdef=graphdef, loss_fn=loss_fn)
+    grads = loss_and_grads(state.params, state.rest, batch, graphdef=graphdef, loss_fn=loss_fn,
+                           grad_accum_steps=grad_accum_steps, microbatch_fn=microbatch_fn)
     return apply_gradients(state, grads, tx=tx, watch=watch)
 
 
-def loss_and_grads(params, rest, batch, *, graphdef, loss_fn: Callable):
-    """The model's half of a train step: (loss, aux, new model variables, gradients)."""
+def loss_and_grads(params, rest, batch, *, graphdef, loss_fn: Callable,
+                   grad_accum_steps: int = 1, microbatch_fn: MicrobatchFold | None = None):
+    """The model's half of a train step: (loss, aux, new model variables, gradients).
 
-    def loss_of(params):
-        model = merge(graphdef, params, rest)
-        loss, aux = loss_fn(model, batch, train=True)
-        return loss, (aux, split(model)[2])
+    With grad_accum_steps = k > 1 the batch is split into k microbatches
+    (`split_microbatches`) scanned in order: loss and gradients are the means over them (the
+    full batch's, for equal-size microbatches), SUMMED_AUX entries are summed, other aux
+    entries averaged, and the model variables (`rest`) are threaded through the microbatches.
+    `microbatch_fn` (a `MicrobatchFold`) adds `aux["microbatch"]`.
+    """
+    k = int(grad_accum_steps)
+    if k < 1:
+        raise ValueError(f"grad_accum_steps={grad_accum_steps!r} must be an int >= 1")
 
-    (loss, (aux, rest)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+    def one(rest, micro):
+        def loss_of(params):
+            model = merge(graphdef, params, rest)
+            loss, aux = loss_fn(model, micro, train=True)
+            return loss, (aux, split(model)[2])
+
+        (loss, (aux, new_rest)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+        return loss, aux, new_rest, grads
+
+    if k == 1:
+        loss, aux, rest, grads = one(rest, batch)
+        if microbatch_fn is not None:
+            aux = {**aux, "microbatch": microbatch_fn.update(microbatch_fn.init(params), grads)}
+        return loss, aux, rest, grads
+
+    micros = split_microbatches(batch, k)
+    shapes = jax.eval_shape(one, rest, jax.tree.map(lambda x: x[0], micros))
+    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), (shapes[0], shapes[1], shapes[3]))
+    fold0 = None if microbatch_fn is None else microbatch_fn.init(params)
+
+    def body(carry, micro):
+        (loss_sum, aux_sum, grad_sum), rest, fold = carry
+        loss, aux, rest, grads = one(rest, micro)
+        if microbatch_fn is not None:
+            fold = microbatch_fn.update(fold, grads)
+        sums = jax.tree.map(jnp.add, (loss_sum, aux_sum, grad_sum), (loss, aux, grads))
+        return (sums, rest, fold), None
+
+    ((loss, aux, grads), rest, fold), _ = jax.lax.scan(body, (zeros, rest, fold0), micros)
+    mean = lambda x: x / k
+    loss, grads = mean(loss), jax.tree.map(mean, grads)
+    aux = {key: val if key in SUMMED_AUX else jax.tree.map(mean, val) for key, val in aux.items()}
+    if microbatch_fn is not None:
+        aux["microbatch"] = fold
     return loss, aux, rest, grads
 
 
@@ -119,18 +212,36 @@ def eval_step(params, rest, opt_state, batch, *, graphdef, loss_fn: Callable):
     return {k: aux[k] for k in ("loss_sum", "count", "correct") if k in aux}
 
 
+def on_mesh(fn: Callable, mesh) -> Callable:
+    """`fn` traced under `mesh` (`jax.sharding.use_abstract_mesh`), so that code inside it sees
+    the mesh's axes and platform (activation sharding constraints, attention_impl='auto')."""
+    abstract = mesh.abstract_mesh
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with jax.sharding.use_abstract_mesh(abstract):
+            return fn(*args, **kwargs)
+
+    return traced
+
+
 def compile_steps(*, graphdef, tx, task: str, state_shardings, batch_sharding,
-                  replicated, watch: optax.GradientTransformation | None = None):
-    """(train step, eval step), both jitted. With `watch` (`optaxlab.monitor.watch(tx)`) the
-    train step returns the monitor's statistics (computed on its `every`-th steps); without,
-    it contains no monitor code."""
+                  replicated, watch: optax.GradientTransformation | None = None,
+                  grad_accum_steps: int = 1, microbatch_fn: MicrobatchFold | None = None):
+    """(train step, eval step), both jitted and traced under `batch_sharding.mesh`. With
+    `watch` (`optaxlab.monitor.watch(tx)`) the train step returns the monitor's statistics
+    (computed on its `every`-th steps); without, it contains no monitor code.
+    `grad_accum_steps` / `microbatch_fn`: see `loss_and_grads`."""
     loss_fn = LOSSES[task]
-    train = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, loss_fn=loss_fn,
-                                      watch=watch),
+    mesh = batch_sharding.mesh
+    step = functools.partial(train_step, graphdef=graphdef, tx=tx, loss_fn=loss_fn, watch=watch,
+                             grad_accum_steps=grad_accum_steps, microbatch_fn=microbatch_fn)
+    train = jax.jit(on_mesh(step, mesh),
                     in_shardings=(state_shardings, batch_sharding),
                     out_shardings=(state_shardings, replicated, replicated),
                     donate_argnums=(0,))
-    evaluate = jax.jit(functools.partial(eval_step, graphdef=graphdef, loss_fn=loss_fn),
+    evaluate = jax.jit(on_mesh(functools.partial(eval_step, graphdef=graphdef, loss_fn=loss_fn),
+                               mesh),
                        in_shardings=(state_shardings.params, state_shardings.rest,
                                      state_shardings.opt_state, batch_sharding),
                        out_shardings=replicated)

@@ -49,8 +49,8 @@ def test_unknown_fields_are_refused_where_they_are_set():
             setattr(block, key, 1)
     assert config_lib.unknown_field_message(c, "model.d_modle") == (
         "config.model.d_modle: unknown field; valid fields of config.model: attention_impl, "
-        "compute_dtype, d_model, init_std, max_len, mlp_ratio, n_heads, n_layers, name, "
-        "rope_fraction, vocab_size")
+        "compute_dtype, d_model, init_std, logits_chunk, max_len, mlp_ratio, n_heads, n_layers, "
+        "name, remat, rope_fraction, vocab_size")
 
 
 def edit(c, **fields):
