@@ -42,7 +42,6 @@ instructions with one channel_id are one collective.
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import json
 import math
 import os
@@ -297,13 +296,10 @@ def build(config, devices: Sequence[Any]):
     watch = monitor_watch(config, tx) if config.monitor.get("every", 0) else None
     graphdef, _, abstract, shardings = state_lib.create(config.model, tx, mesh, config.seed)
     batch_sharding = mesh_lib.batch_sharding(mesh)
-    extra = {}  # options of the step where this version of it has them
-    if "grad_accum_steps" in inspect.signature(step_lib.compile_steps).parameters:
-        extra["grad_accum_steps"] = int(config.get("grad_accum_steps", 1) or 1)
     train, _ = step_lib.compile_steps(
         graphdef=graphdef, tx=tx, task=plan.task, state_shardings=shardings,
         batch_sharding=batch_sharding, replicated=mesh_lib.replicated(mesh), watch=watch,
-        **extra)
+        grad_accum_steps=config.grad_accum_steps)
     if plan.task == "lm":
         tok = jax.ShapeDtypeStruct((config.batch_size, config.seq_len), np.int32,
                                    sharding=batch_sharding)

@@ -101,11 +101,18 @@ def monitor_watch(config, tx: optax.GradientTransformation,
         raise ConfigError(f"config.monitor: {e}") from e
 
 
+COMPUTE_ONLY = ("attention_impl", "remat", "logits_chunk")
+
+
 def fingerprint(config, task: str) -> dict[str, Any]:
     """The config fields a resumed run must share with its checkpoint: the model and the data
     stream (the optimizer state is compared leaf by leaf)."""
     data = {k: config.data.get(k) for k in ("name", "path", "dtype")}
-    out = {"task": task, "model": config.model.to_dict(), "data": data, "seed": config.seed,
+    # How the model is computed (attention kernel, rematerialization, loss chunks) does not
+    # change its parameters: a run may resume with another setting, and older checkpoints
+    # written before these fields existed still resume.
+    model = {k: v for k, v in config.model.to_dict().items() if k not in COMPUTE_ONLY}
+    out = {"task": task, "model": model, "data": data, "seed": config.seed,
            "batch_size": config.batch_size}
     if task == "lm":
         out["seq_len"] = config.seq_len
@@ -193,7 +200,7 @@ def _prepare(config, devices, stop_after, wrap_optimizer) -> _Setup:
     train_step, eval_step = step_lib.compile_steps(
         graphdef=graphdef, tx=tx, task=plan.task, state_shardings=shardings,
         batch_sharding=mesh_lib.batch_sharding(mesh), replicated=mesh_lib.replicated(mesh),
-        watch=watch)
+        watch=watch, grad_accum_steps=config.grad_accum_steps)
     return _Setup(config=config, plan=plan, mesh=mesh, end=end,
                   names=state_lib.param_names(abstract.params),
                   fingerprint=fingerprint(config, plan.task),

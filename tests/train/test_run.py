@@ -115,3 +115,20 @@ def test_throughput_of_a_group_counts_every_member_on_a_device():
     assert peak and out == {"steps_per_sec": 2.0, "tokens_per_sec": 512.0,
                             "tokens_per_sec_per_device": 1024.0, "mfu": 1e9 * 1024.0 / peak}
     assert "mfu" not in run_lib._Loop.throughput(NS(**{**vars(loop), "device_kind": "cpu"}), 2.0)
+
+
+def test_gradient_accumulation_in_solo_runs_and_groups(tmp_path):
+    """config.grad_accum_steps reaches the trainer's step, solo and vectorized: 2 microbatches of
+    4 train as the full batch of 8 (to float32 round-off), and a group member as its solo run."""
+    full = train(tiny_lm(steps=3, eval_every=0), tmp_path / "full", devices=ONE)
+    accum = train(tiny_lm(steps=3, eval_every=0, grad_accum_steps=2), tmp_path / "accum",
+                  devices=ONE)
+    V.train_group([tiny_lm(steps=3, eval_every=0, grad_accum_steps=2)], [tmp_path / "member"],
+                  tmp_path / "group", devices=ONE)
+    assert full.status == accum.status == "finished"
+    loss = {n: [r["loss"] for r in metrics_lib.read_jsonl(tmp_path / n / "metrics.jsonl")]
+            for n in ("full", "accum", "member")}
+    np.testing.assert_allclose(loss["accum"], loss["full"], rtol=2e-5)
+    np.testing.assert_allclose(loss["member"], loss["accum"], rtol=2e-5)
+    with pytest.raises(ConfigError, match="grad_accum_steps"):
+        train(tiny_lm(grad_accum_steps=3), tmp_path / "bad", devices=ONE)
