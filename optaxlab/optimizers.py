@@ -27,9 +27,19 @@ Common keywords (accepted by every optimizer unless its docstring says otherwise
   ``max_norm`` (the clip-first "CClip" variants of Adam and Signum of "Why Adam Beats SGD for
   Attention Models"; ``sgd_cclip``'s ``clip`` is the clip *after* momentum).
 
-Registry: ``create(name, learning_rate, **hparams)``, ``names()``, ``hparams(name)``,
-``hparam_types(name)``, ``static_hparams(name)``, ``get(name)``, and ``eval_params(opt_state,
-params)`` (schedule-free's evaluation point; the identity for every other optimizer).
+Registry: a table of ``Optimizer`` rows (``entry(name)``: factory, defaults, config types,
+validation rules, static keywords, the common keywords it takes, the monitor's theory mapping,
+references), read by ``create(name, learning_rate, **hparams)``, ``names()``, ``hparams(name)``,
+``hparam_types(name)``, ``static_hparams(name)``, ``theory_settings(name, hparams)``,
+``get(name)``, and ``eval_params(opt_state, params)`` (schedule-free's evaluation point; the
+identity for every other optimizer). The papers' optimizers are written as *directions* (the
+list of transforms between the raw-gradient steps and the decoupled decay); the registry adds
+the five common keywords and ``-learning_rate`` to each, once (``_with_common``).
+
+Your own optimizer: ``register(name, factory, *, hparams=None, theory=None, static=())`` (or
+``@register(name)``), or a reference ``package.module:factory`` / ``path/to/file.py:factory``
+anywhere a name is accepted (``resolve``); see docs/own_optimizer.md. ``untraceable(name,
+hparams, traced)`` checks a factory once by abstract evaluation with traced hparams.
 
 Validation: a bad value raises ``ValueError`` with one line that starts with the keyword and the
 value and says what is valid ("learning_rate=nan: must be a finite number > 0 or an optax
@@ -229,17 +239,55 @@ def _references(doc: str) -> str:
     return " ".join(text.split())
 
 
-def _register(**overrides: Callable[[str, Any], None]):
-    """Registers a built-in factory under its name (a row of the table); every call checks its
+def _with_common(fn, common: dict[str, Any], rules: dict[str, Any]):
+    """The full factory of a direction `fn(**own)`: f(learning_rate, **own, **common) validates
+    every value once (`rules`) and builds [raw-gradient steps] -> direction -> decoupled decay
+    -> -learning_rate (`_chain`)."""
+    own = inspect.signature(fn).parameters
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    sig = inspect.Signature([inspect.Parameter("learning_rate", kind), *own.values(),
+                             *(inspect.Parameter(k, kind, default=v) for k, v in common.items())])
+
+    @functools.wraps(fn)
+    def factory(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        v = bound.arguments
+        for key, value in v.items():
+            if rules.get(key) is not None:
+                rules[key](key, value)
+        direction = fn(**{k: v[k] for k in own})
+        return _chain(list(direction), v["learning_rate"], v["weight_decay"], v["mask"],
+                      v["max_norm"], v["coordinate_clip"], v["coupled_weight_decay"])
+
+    factory.__signature__ = sig  # type: ignore[attr-defined]
+    return factory
+
+
+def _register(common: dict[str, Any] | None = None, **overrides: Callable[[str, Any], None]):
+    """Registers a built-in under its name (a row of the table). A *direction* (a function
+    without ``learning_rate`` returning a list of transforms) gets the common keywords from the
+    registry, with the defaults `common` changes; a whole optimizer (first parameter
+    ``learning_rate``: the wrapped optax ones) is registered as it is. Every call checks its
     arguments (`_RULES`, with per-optimizer `overrides`) before building the transformation."""
 
     def wrap(fn):
-        sig = inspect.signature(fn)
-        rules = {k: overrides.get(k, _RULES.get(k)) for k in sig.parameters}
-        factory = _validating(fn, rules)
-        defaults = {k: p.default for k, p in sig.parameters.items() if k != "learning_rate"}
+        params = inspect.signature(fn).parameters
+        types_ = _types(fn)
+        if "learning_rate" in params:
+            keys = list(params)
+            rules = {k: overrides.get(k, _RULES.get(k)) for k in keys}
+            factory = _validating(fn, rules)
+            defaults = {k: p.default for k, p in params.items() if k != "learning_rate"}
+        else:
+            commons = {**_COMMON_DEFAULTS, **(common or {})}
+            keys = ["learning_rate", *params, *commons]
+            rules = {k: overrides.get(k, _RULES.get(k)) for k in keys}
+            factory = _with_common(fn, commons, rules)
+            defaults = {**{k: p.default for k, p in params.items()}, **commons}
+            types_ = {**types_, **_COMMON_TYPES}
         _TABLE[fn.__name__] = Optimizer(
-            name=fn.__name__, factory=factory, defaults=defaults, types=_types(fn), rules=rules,
+            name=fn.__name__, factory=factory, defaults=defaults, types=types_, rules=rules,
             static=tuple(k for k in defaults if k in _STATIC),
             common=tuple(k for k in COMMON if k in defaults), theory=_THEORY.get(fn.__name__),
             references=_references(fn.__doc__ or ""))
@@ -311,14 +359,7 @@ _RETURNS = "The corresponding ``optax.GradientTransformation``."
 
 @_register()
 @_doc
-def sgd(
-    learning_rate: ScalarOrSchedule,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+def sgd() -> list[optax.GradientTransformation]:
     r"""Plain SGD (= ``optax.sgd``; with ``coupled_weight_decay``, ``torch.optim.SGD``).
 
     .. math::
@@ -334,23 +375,16 @@ def sgd(
     References:
       Robbins & Monro, "A Stochastic Approximation Method", 1951.
     """
-    return _chain([], learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return []
 
 
 @_register()
 @_doc
 def momentum(
-    learning_rate: ScalarOrSchedule,
     momentum: float = 0.9,
     dampening: float = 0.0,
     nesterov: bool = False,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""SGD with heavy-ball momentum, ``torch.optim.SGD`` semantics.
 
     .. math::
@@ -373,23 +407,16 @@ def momentum(
       2013.
     """
     direction = [T.trace(momentum, nesterov=nesterov, dampening=dampening)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
-@_register()
+@_register(common=dict(max_norm=1.0))
 @_doc
 def sgd_gclip(
-    learning_rate: ScalarOrSchedule,
     momentum: float = 0.9,
-    max_norm: float = 1.0,
     dampening: float = 0.0,
     nesterov: bool = False,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""SGD+GClip: global-norm clip of the raw gradient, then momentum.
 
     .. math::
@@ -414,24 +441,17 @@ def sgd_gclip(
       Orvieto & Gower, "In Search of Adam's Secret Sauce", 2025 (SGD+Gclip).
     """
     direction = [T.trace(momentum, nesterov=nesterov, dampening=dampening)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 @_register()
 @_doc
 def sgd_cclip(
-    learning_rate: ScalarOrSchedule,
     momentum: float = 0.9,
     clip: float = 1.0,
     dampening: float = 0.0,
     nesterov: bool = False,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""SGD+CClip: momentum, then a per-coordinate clip of the momentum.
 
     .. math::
@@ -456,8 +476,7 @@ def sgd_cclip(
         T.trace(momentum, nesterov=nesterov, dampening=dampening),
         T.clip_by_coordinate(clip),
     ]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 # --------------------------------------------------------------------------- sign family
@@ -465,14 +484,7 @@ def sgd_cclip(
 
 @_register()
 @_doc
-def signsgd(
-    learning_rate: ScalarOrSchedule,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+def signsgd() -> list[optax.GradientTransformation]:
     r"""SignSGD (= ``optax.sign_sgd``).
 
     .. math::
@@ -488,22 +500,15 @@ def signsgd(
     References:
       Bernstein et al., "signSGD: Compressed Optimisation for Non-Convex Problems", ICML 2018.
     """
-    return _chain([optax.scale_by_sign()], learning_rate, weight_decay, mask, max_norm,
-                  coordinate_clip, coupled_weight_decay)
+    return [optax.scale_by_sign()]
 
 
 @_register()
 @_doc
 def signum(
-    learning_rate: ScalarOrSchedule,
     beta: float = 0.9,
     init: str = "zero",
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""Signum: the sign of an EMA of the gradient (= ``optax.signum``).
 
     .. math::
@@ -524,22 +529,15 @@ def signum(
       Orvieto & Gower, "In Search of Adam's Secret Sauce", 2025.
     """
     direction = [T.ema(beta, debias=False, init=init), optax.scale_by_sign()]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 @_register()
 @_doc
 def ema_sign(
-    learning_rate: ScalarOrSchedule,
     beta: float = 0.9,
     init: str = "zero",
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""EMA of the sign ("momentum on SignSGD").
 
     .. math::
@@ -558,23 +556,16 @@ def ema_sign(
       Orvieto & Gower, "In Search of Adam's Secret Sauce", 2025 (EMASign).
     """
     direction = [optax.scale_by_sign(), T.ema(beta, debias=False, init=init)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 @_register()
 @_doc
 def signum_fixed_mollifier(
-    learning_rate: ScalarOrSchedule,
     beta: float = 0.9,
     variance: float = 1e-8,
     init: str = "zero",
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""Signum with a fixed mollifier, the Table 2 ablation of "In Search of Adam's Secret Sauce".
 
     .. math::
@@ -597,8 +588,7 @@ def signum_fixed_mollifier(
         T.ema(beta, debias=False, init=init),
         T.scale_by_mollified_sign(fixed_variance=variance),
     ]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 # --------------------------------------------------------------------------- Adam family
@@ -607,16 +597,10 @@ def signum_fixed_mollifier(
 @_register()
 @_doc
 def rmsprop(
-    learning_rate: ScalarOrSchedule,
     b2: float = 0.999,
     eps: float = 1e-8,
     bias_correction: bool = True,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""RMSprop as "In Search of Adam's Secret Sauce" ran it: Adam with b1 = 0, in one buffer.
 
     .. math::
@@ -641,14 +625,12 @@ def rmsprop(
       Orvieto & Gower, "In Search of Adam's Secret Sauce", 2025.
     """
     direction = [T.scale_by_rms(b2, eps, bias_correction=bias_correction)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 @_register()
 @_doc
 def adam(
-    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
@@ -657,12 +639,7 @@ def adam(
     init: str = "zero",
     nesterov: bool = False,
     mu_dtype: Any = None,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""Adam / AdamW (= ``optax.adam`` / ``optax.adamw``, ``torch.optim.Adam(W)``).
 
     .. math::
@@ -704,14 +681,12 @@ def adam(
             bias_correction=bias_correction, init=init,
         )
     ]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
-@_register()
+@_register(common=dict(weight_decay=1e-4))
 @_doc
 def adamw(
-    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
@@ -720,12 +695,7 @@ def adamw(
     init: str = "zero",
     nesterov: bool = False,
     mu_dtype: Any = None,
-    weight_decay: ScalarOrSchedule = 1e-4,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""AdamW: ``adam`` with optax.adamw's default ``weight_decay=1e-4``.
 
     .. math::
@@ -742,27 +712,19 @@ def adamw(
     References:
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
     """
-    return adam(
-        learning_rate, b1, b2, eps, eps_root, bias_correction, init, nesterov, mu_dtype,
-        weight_decay, mask, max_norm, coupled_weight_decay, coordinate_clip,
-    )
+    return inspect.unwrap(adam)(b1, b2, eps, eps_root, bias_correction, init, nesterov,
+                                mu_dtype)
 
 
 @_register()
 @_doc
 def adam_equal_betas(
-    learning_rate: ScalarOrSchedule,
     beta: float = 0.95,
     eps: float = 0.0,
     bias_correction: bool = True,
     init: str = "zero",
     c: float = 1.0,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""Adam with b1 = b2 = beta as a variance-mollified sign:
     ``chain(track_gaussian_vi(beta), scale_by_mollified_sign(c, eps), lr)``.
 
@@ -794,23 +756,16 @@ def adam_equal_betas(
         T.track_gaussian_vi(beta, debias=bias_correction, init=init),
         T.scale_by_mollified_sign(c=c, eps=eps),
     ]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 @_register()
 @_doc
 def laprop(
-    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-15,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""LaProp: normalize by the second moment, then momentum, then debias.
 
     .. math::
@@ -833,24 +788,17 @@ def laprop(
       "On the Distributional Properties of Adaptive Gradients", eq. (1)-(4).
     """
     direction = [T.scale_by_laprop(b1, b2, eps)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
-@_register()
+@_register(common=dict(weight_decay=1e-5))
 @_doc
 def acclip(
-    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.99,
     alpha: float = 1.0,
     eps: float = 1e-5,
-    weight_decay: ScalarOrSchedule = 1e-5,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""ACClip with the paper's defaults (b1 0.9, b2 0.99, alpha 1, eps 1e-5, wd 1e-5).
 
     .. math::
@@ -874,8 +822,7 @@ def acclip(
       for Attention Models?"), NeurIPS 2020.
     """
     direction = [T.scale_by_acclip(b1, b2, alpha, eps)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 # --------------------------------------------------------------------------- Adam variants
@@ -884,19 +831,13 @@ def acclip(
 @_register()
 @_doc
 def radam(
-    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
     threshold: float = 5.0,
     nesterov: bool = False,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""RAdam (= ``optax.radam``, with accurate float32 bias corrections and rho_t).
 
     .. math::
@@ -924,24 +865,17 @@ def radam(
       Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", ICLR 2020.
     """
     direction = [T.scale_by_radam(b1, b2, eps, eps_root, threshold, nesterov=nesterov)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 @_register()
 @_doc
 def amsgrad(
-    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""AMSGrad as optax defines it (``optax.scale_by_amsgrad``).
 
     .. math::
@@ -967,22 +901,15 @@ def amsgrad(
       Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018.
     """
     direction = [optax.scale_by_amsgrad(b1, b2, eps, eps_root)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 @_register()
 @_doc
 def adagrad(
-    learning_rate: ScalarOrSchedule,
     initial_accumulator_value: float = 0.1,
     eps: float = 1e-7,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""Adagrad (= ``optax.adagrad``, ``optax.scale_by_rss``).
 
     .. math::
@@ -1002,22 +929,15 @@ def adagrad(
       Optimization", JMLR 2011.
     """
     direction = [optax.scale_by_rss(initial_accumulator_value, eps)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
-@_register()
+@_register(common=dict(weight_decay=1e-3))
 @_doc
 def lion(
-    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.99,
-    weight_decay: ScalarOrSchedule = 1e-3,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""Lion (= ``optax.lion``, its default ``weight_decay=1e-3``).
 
     .. math::
@@ -1037,25 +957,18 @@ def lion(
       Chen et al., "Symbolic Discovery of Optimization Algorithms", NeurIPS 2023.
     """
     direction = [optax.scale_by_lion(b1, b2)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
-@_register()
+@_register(common=dict(weight_decay=1e-4))
 @_doc
 def nadamw(
-    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
     mu_dtype: Any = None,
-    weight_decay: ScalarOrSchedule = 1e-4,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""NAdamW (= ``optax.nadamw``): AdamW with Nesterov momentum.
 
     .. math::
@@ -1082,25 +995,18 @@ def nadamw(
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
     """
     direction = [T.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=True)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 @_register()
 @_doc
 def adabelief(
-    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-16,
     eps_root: float = 1e-16,
     nesterov: bool = False,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""AdaBelief (= ``optax.adabelief``): Adam normalized by the EMA of (g - m)^2.
 
     .. math::
@@ -1134,14 +1040,12 @@ def adabelief(
       Gradients", NeurIPS 2020.
     """
     direction = [optax.scale_by_belief(b1, b2, eps, eps_root, nesterov=nesterov)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 @_register(alpha=_p(_NONNEG, schedule=True))
 @_doc
 def ademamix(
-    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.999,
     b3: ScalarOrSchedule = 0.9999,
@@ -1149,12 +1053,7 @@ def ademamix(
     eps: float = 1e-8,
     eps_root: float = 0.0,
     mu_dtype: Any = None,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""AdEMAMix (= ``optax.contrib.ademamix``): Adam plus a slow, undebiased EMA.
 
     .. math::
@@ -1180,26 +1079,19 @@ def ademamix(
       Pagliardini, Ablin & Grangier, "The AdEMAMix Optimizer: Better, Faster, Older", 2024.
     """
     direction = [optax.contrib.scale_by_ademamix(b1, b2, b3, alpha, eps, eps_root, mu_dtype)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 @_register()
 @_doc
 def adopt(
-    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.9999,
     eps: float = 1e-6,
     mu_dtype: Any = None,
     nesterov: bool = False,
     use_clipping: bool = True,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""ADOPT (= ``optax.contrib.adopt``): normalize by the *previous* second moment.
 
     .. math::
@@ -1230,8 +1122,7 @@ def adopt(
     direction = [optax.contrib.scale_by_adopt(
         b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype, nesterov=nesterov, use_clipping=use_clipping
     )]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 @_register()

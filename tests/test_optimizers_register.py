@@ -35,6 +35,15 @@ def user_rms(b2: float = 0.99):
 '''
 
 
+@pytest.fixture(autouse=True)
+def _restore_table():
+    """Each test's registrations are undone (other tests iterate `optimizers.names()`)."""
+    before = dict(optimizers._TABLE)
+    yield
+    optimizers._TABLE.clear()
+    optimizers._TABLE.update(before)
+
+
 @pytest.fixture
 def user_file(tmp_path):
     path = tmp_path / "user_opt.py"

@@ -54,11 +54,12 @@ def test_doc_runs_as_written_outside_the_repository(tmp_path):
     assert "theory_tv" in (tmp_path / "runs/mine/metrics.jsonl").read_text()
     assert (tmp_path / "runs/mine/report/index.html").exists()
     # sweep: resolved hparams printed, differences listed, the untraceable factory solo
-    assert "hparams: " in text and "adam points run b2 = 0.999; the base config has 0.95" in text
+    assert "hparams: " in text and "signum points run max_norm = None; the base config has 1.0" \
+        in text
     assert re.search(r"solo .*soft_sign_if.*cannot take hparam 'beta' traced", text), text[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "sweeps/mine/results.csv")))
     assert len(rows) == 8 and all(r["status"] == "finished" for r in rows), rows
-    assert {r["hp.b2"] for r in rows if r["hp.name"] == "adam"} == {"0.999"}
+    assert {r["hp.b2"] for r in rows if r["hp.name"] == "adam"} == {"0.95"}  # the file's adam
     assert {r["hp.beta"] for r in rows if r["hp.name"].endswith(":soft_sign")} == {"0.9"}
     summary = (tmp_path / "sweeps/mine/summary.md").read_text()
     assert "Its optimizer hparams: " in summary

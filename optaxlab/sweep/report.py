@@ -349,7 +349,7 @@ def summary_markdown(plan: Plan, rows: list[dict[str, Any]], groups: dict[str, G
         if b is not None:
             lines += ["", f"Best: {_setting_text(plan, b.values)}: {_metric_text(plan, b)}."]
             hp = {k[len(HPARAM_PREFIX):]: v for k, v in b.rows[0].items()
-                  if k.startswith(HPARAM_PREFIX) and v is not None}
+                  if k.startswith(HPARAM_PREFIX)}
             if hp:
                 lines += ["", "Its optimizer hparams: "
                           + ", ".join(f"{k}={format_value(v)}" for k, v in hp.items()) + "."]

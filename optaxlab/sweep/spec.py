@@ -269,6 +269,9 @@ def format_value(value: Any) -> str:
         return short if float(short) == value else repr(value)
     if isinstance(value, (list, tuple)):
         return "x".join(format_value(v) for v in value)
+    if isinstance(value, str) and ":" in value and os.sep in value:  # /abs/my_opt.py:factory
+        where, _, attr = value.rpartition(":")
+        return f"{os.path.basename(where)}:{attr}"
     return str(value)
 
 
@@ -607,7 +610,7 @@ def hparam_notes(file_optimizer: ml_collections.ConfigDict,
                 continue
             if file_optimizer[key] != value:
                 seen[(str(opt.name), key, repr(value))] = None
-    return [f"{name} points run {key} = {value}; the base config has "
+    return [f"{format_value(name)} points run {key} = {value}; the base config has "
             f"{file_optimizer[key]!r}" for name, key, value in seen]
 
 

@@ -2,10 +2,13 @@
 
 Any config field can be overridden, e.g. --config.steps=200 --config.optimizer.name=signum
 --config.optimizer.learning_rate=3e-4 --config.seed=1 --config.checkpoint_every=50.
-Switching --config.optimizer.name starts from that optimizer's registry defaults (hparams the
-config file set away from its own optimizer's defaults carry over when the new one has them);
---config.optimizer.<hparam>=V then sets any of its hparams. A workdir that already holds a
-checkpoint is resumed; --restart moves an old run aside instead.
+Switching --config.optimizer.name starts from that optimizer's registry defaults (the config
+file's hparam values apply only when its optimizer is the same one; nothing carries over between
+optimizers, and every hparam that differs from the file's same-named value is logged);
+--config.optimizer.<hparam>=V then sets any of its hparams. The name may be a reference to an
+optimizer of one's own: --config.optimizer.name=path/to/file.py:factory or package.module:factory
+(docs/own_optimizer.md). --config lm_tiny names a shipped config (configs/lm_tiny.py).
+A workdir that already holds a checkpoint is resumed; --restart moves an old run aside instead.
 
 Exit codes (optaxlab.train.errors): 0 finished or preempted (SIGTERM; checkpoint saved),
 1 internal error (a bug; traceback), 2 bad config / bad data / checkpoint incompatible with the
