@@ -219,21 +219,6 @@ def _types(fn) -> dict[str, type | None]:
             for k in inspect.signature(fn).parameters if k != "learning_rate"}
 
 
-def _validating(fn, rules):
-    sig = inspect.signature(fn)
-
-    @functools.wraps(fn)
-    def factory(*args, **kwargs):
-        bound = sig.bind(*args, **kwargs)
-        bound.apply_defaults()
-        for key, value in bound.arguments.items():
-            if rules.get(key) is not None:
-                rules[key](key, value)
-        return fn(*args, **kwargs)
-
-    return factory
-
-
 def _references(doc: str) -> str:
     text = doc.split("References:", 1)[1] if "References:" in doc else ""
     return " ".join(text.split())
@@ -264,6 +249,34 @@ def _with_common(fn, common: dict[str, Any], rules: dict[str, Any]):
     return factory
 
 
+_PRE = ("max_norm", "coupled_weight_decay", "coordinate_clip")
+
+
+def _with_pre(fn, pre: dict[str, Any], rules: dict[str, Any]):
+    """The full factory of a whole optimizer `fn(learning_rate, **own)` (a wrapped optax one):
+    validates every value once and puts the raw-gradient steps (`_PRE`) in front (`_wrap`; the
+    coupled decay uses the optimizer's `mask` if it has one)."""
+    own = inspect.signature(fn).parameters
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    sig = inspect.Signature([*own.values(),
+                             *(inspect.Parameter(k, kind, default=v) for k, v in pre.items())])
+
+    @functools.wraps(fn)
+    def factory(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        v = bound.arguments
+        for key, value in v.items():
+            if rules.get(key) is not None:
+                rules[key](key, value)
+        tx = fn(**{k: v[k] for k in own})
+        return _wrap(tx, v["max_norm"], v["coordinate_clip"], v["coupled_weight_decay"],
+                     v.get("mask"))
+
+    factory.__signature__ = sig  # type: ignore[attr-defined]
+    return factory
+
+
 def _register(common: dict[str, Any] | None = None, **overrides: Callable[[str, Any], None]):
     """Registers a built-in under its name (a row of the table). A *direction* (a function
     without ``learning_rate`` returning a list of transforms) gets the common keywords from the
@@ -274,11 +287,14 @@ def _register(common: dict[str, Any] | None = None, **overrides: Callable[[str, 
     def wrap(fn):
         params = inspect.signature(fn).parameters
         types_ = _types(fn)
-        if "learning_rate" in params:
-            keys = list(params)
+        if "learning_rate" in params:  # a wrapped optax optimizer: raw-gradient steps only
+            pre = {k: _COMMON_DEFAULTS[k] for k in _PRE}
+            keys = [*params, *pre]
             rules = {k: overrides.get(k, _RULES.get(k)) for k in keys}
-            factory = _validating(fn, rules)
-            defaults = {k: p.default for k, p in params.items() if k != "learning_rate"}
+            factory = _with_pre(fn, pre, rules)
+            defaults = {**{k: p.default for k, p in params.items() if k != "learning_rate"},
+                        **pre}
+            types_ = {**types_, **{k: _COMMON_TYPES[k] for k in _PRE}}
         else:
             commons = {**_COMMON_DEFAULTS, **(common or {})}
             keys = ["learning_rate", *params, *commons]
@@ -1135,9 +1151,6 @@ def lamb(
     eps_root: float = 0.0,
     weight_decay: ScalarOrSchedule = 0.0,
     mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
     r"""LAMB (= ``optax.lamb``): Adam's direction plus weight decay, rescaled per leaf.
 
@@ -1163,7 +1176,7 @@ def lamb(
       ICLR 2020.
     """
     tx = optax.lamb(learning_rate, b1, b2, eps, eps_root, weight_decay, mask)
-    return _wrap(tx, max_norm, coordinate_clip, coupled_weight_decay, mask)
+    return tx
 
 
 @_register(
@@ -1179,9 +1192,6 @@ def prodigy(
     estim_lr_coef: float = 1.0,
     weight_decay: float = 0.0,
     safeguard_warmup: bool = False,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
     r"""Prodigy (= ``optax.contrib.prodigy``): AdamW with an estimated learning-rate scale d_t.
 
@@ -1225,7 +1235,7 @@ def prodigy(
         return state._replace(params0=jax.tree.map(lambda t: t.copy(), state.params0))
 
     tx = optax.GradientTransformationExtraArgs(init_fn, base.update)
-    return _wrap(tx, max_norm, coordinate_clip, coupled_weight_decay, None)
+    return tx
 
 
 @_register(momentum=_p(_DECAY, optional=True))
@@ -1242,9 +1252,6 @@ def adafactor(
     eps: float = 1e-30,
     factored: bool = True,
     mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
     r"""Adafactor (= ``optax.adafactor``): factored second moments, relative step sizes.
 
@@ -1289,7 +1296,7 @@ def adafactor(
         multiply_by_parameter_scale, clipping_threshold, momentum, dtype_momentum,
         weight_decay_rate, eps, factored, weight_decay_mask=mask,
     )
-    return _wrap(tx, max_norm, coordinate_clip, coupled_weight_decay, mask)
+    return tx
 
 
 MUON_ADAM_PARAMS = r"embed|head"
@@ -1330,9 +1337,6 @@ def muon(
     adam_learning_rate: ScalarOrSchedule | None = None,
     consistent_rms: float | None = None,
     adam_params: str | None = MUON_ADAM_PARAMS,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
     r"""Muon (= ``optax.contrib.muon``): orthogonalized momentum for matrices, Adam for the rest.
 
@@ -1395,7 +1399,7 @@ def muon(
         adam_weight_decay=adam_weight_decay, adam_learning_rate=adam_learning_rate,
         muon_weight_dimension_numbers=dims, consistent_rms=consistent_rms,
     )
-    return _wrap(tx, max_norm, coordinate_clip, coupled_weight_decay, mask)
+    return tx
 
 
 @_register(b1=_p(_DECAY, positive=True))
@@ -1410,9 +1414,6 @@ def schedule_free_adamw(
     weight_lr_power: float = 2.0,
     state_dtype: Any = None,
     mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
     r"""Schedule-free AdamW (= ``optax.contrib.schedule_free_adamw``).
 
@@ -1459,7 +1460,7 @@ def schedule_free_adamw(
     tx = optax.contrib.schedule_free(
         base, learning_rate, b1=b1, weight_lr_power=weight_lr_power, state_dtype=state_dtype
     )
-    return _wrap(tx, max_norm, coordinate_clip, coupled_weight_decay, mask)
+    return tx
 
 
 # --------------------------------------------------------------------------- registry
