@@ -27,9 +27,19 @@ Common keywords (accepted by every optimizer unless its docstring says otherwise
   ``max_norm`` (the clip-first "CClip" variants of Adam and Signum of "Why Adam Beats SGD for
   Attention Models"; ``sgd_cclip``'s ``clip`` is the clip *after* momentum).
 
-Registry: ``create(name, learning_rate, **hparams)``, ``names()``, ``hparams(name)``,
-``hparam_types(name)``, ``static_hparams(name)``, ``get(name)``, and ``eval_params(opt_state,
-params)`` (schedule-free's evaluation point; the identity for every other optimizer).
+Registry: a table of ``Optimizer`` rows (``entry(name)``: factory, defaults, config types,
+validation rules, static keywords, the common keywords it takes, the monitor's theory mapping,
+references), read by ``create(name, learning_rate, **hparams)``, ``names()``, ``hparams(name)``,
+``hparam_types(name)``, ``static_hparams(name)``, ``theory_settings(name, hparams)``,
+``get(name)``, and ``eval_params(opt_state, params)`` (schedule-free's evaluation point; the
+identity for every other optimizer). The papers' optimizers are written as *directions* (the
+list of transforms between the raw-gradient steps and the decoupled decay); the registry adds
+the five common keywords and ``-learning_rate`` to each, once (``_with_common``).
+
+Your own optimizer: ``register(name, factory, *, hparams=None, theory=None, static=())`` (or
+``@register(name)``), or a reference ``package.module:factory`` / ``path/to/file.py:factory``
+anywhere a name is accepted (``resolve``); see docs/own_optimizer.md. ``untraceable(name,
+hparams, traced)`` checks a factory once by abstract evaluation with traced hparams.
 
 Validation: a bad value raises ``ValueError`` with one line that starts with the keyword and the
 value and says what is valid ("learning_rate=nan: must be a finite number > 0 or an optax
@@ -42,9 +52,14 @@ static_args=static_hparams(name))(lr, **hparams)``. A callable ``mask`` must be 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib
+import importlib.util
 import inspect
+import os
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -115,27 +130,183 @@ def _check_betas(name: str, value: Any) -> None:
                 C.fail(name, value, "must be a pair (b1, b2) of numbers in [0, 1)")
 
 
-_REGISTRY: dict[str, Callable[..., optax.GradientTransformation]] = {}
+COMMON = ("weight_decay", "mask", "max_norm", "coupled_weight_decay", "coordinate_clip")
+_COMMON_DEFAULTS = dict(weight_decay=0.0, mask=None, max_norm=None, coupled_weight_decay=0.0,
+                        coordinate_clip=None)
+_COMMON_TYPES = dict(weight_decay=float, mask=None, max_norm=float, coupled_weight_decay=float,
+                     coordinate_clip=float)
 
 
-def _register(**overrides: Callable[[str, Any], None]):
-    """Registers a factory under its name; every call checks its arguments (`_RULES`, with
-    per-optimizer `overrides`) before building the transformation."""
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """One row of the registry: everything the trainer, sweeps, groups, the memory tool and the
+    monitor know about an optimizer.
+
+    Attributes:
+      name: the registry name (a built-in's, a ``register``ed one, or a reference
+        ``package.module:factory`` / ``path/to/file.py:factory``).
+      factory: ``factory(learning_rate, **hparams) -> GradientTransformation``, validating.
+      defaults: every keyword but ``learning_rate`` and its default (the common ones included).
+      types: the Python type a config field of each keyword takes (None: not a config value).
+      rules: keyword -> check(name, value); values are validated here and nowhere else.
+      static: keywords that must stay static under ``optax.inject_hyperparams``.
+      common: the common keywords the registry applies around the direction.
+      theory: {watch field: hparam name or number} for the monitor's theory overlay (b1, b2,
+        eps, bias_correction), or None: no theory for this optimizer.
+      references: the papers, one line.
+      builtin: shipped with optaxlab (a user's name may not clash with one).
+    """
+
+    name: str
+    factory: Callable[..., optax.GradientTransformation]
+    defaults: dict[str, Any]
+    types: dict[str, type | None]
+    rules: dict[str, Callable[[str, Any], None] | None]
+    static: tuple[str, ...] = ()
+    common: tuple[str, ...] = ()
+    theory: dict[str, str | float] | None = None
+    references: str = ""
+    builtin: bool = True
+
+    def theory_settings(self, hparams: dict[str, Any]) -> dict[str, Any]:
+        """The monitor's theory settings for these hparams ({} if there is no theory)."""
+        if not self.theory:
+            return {}
+        hp = {**self.defaults, **hparams}
+        out: dict[str, Any] = {}
+        for field, source in self.theory.items():
+            value = hp.get(source) if isinstance(source, str) else source
+            if value is not None:
+                out[field] = bool(value) if field == "bias_correction" else float(value)
+        return out
+
+
+_TABLE: dict[str, Optimizer] = {}
+
+# Theory mappings of the built-ins (the monitor's overlay: Adam's update law, "Distributional
+# Properties of Adaptive Gradients"). RMSprop is Adam with b1 = 0; Adam with equal betas has
+# b1 = b2 = beta; LaProp, RAdam, AMSGrad: b2 only (the closed-form law, no pure-noise reference).
+_ADAM_THEORY = {"b1": "b1", "b2": "b2", "eps": "eps", "bias_correction": "bias_correction"}
+_THEORY: dict[str, dict[str, str | float]] = {
+    "adam": _ADAM_THEORY,
+    "adamw": _ADAM_THEORY,
+    "rmsprop": {"b1": 0.0, "b2": "b2", "eps": "eps", "bias_correction": "bias_correction"},
+    "adam_equal_betas": {"b1": "beta", "b2": "beta", "eps": "eps",
+                         "bias_correction": "bias_correction"},
+    **{k: {"b2": "b2", "bias_correction": "bias_correction"}
+       for k in ("laprop", "radam", "amsgrad")},
+}
+
+
+def _base_type(hint: Any) -> type | None:
+    """The plain Python type of an annotation: float for ``float | None`` and for
+    ``float | jax.Array | optax.Schedule`` (arrays and schedules are not config values), tuple
+    for ``tuple[float, float]``; None if there is no single one (``Any``, ``tuple | str``)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        kinds = {_base_type(a) for a in typing.get_args(hint) if a is not type(None)} - {None}
+        return kinds.pop() if len(kinds) == 1 else None
+    if origin in (tuple, list):
+        return origin
+    if isinstance(hint, type) and hint not in (jax.Array, Any) and origin is None:
+        return hint
+    return None
+
+
+def _types(fn) -> dict[str, type | None]:
+    hints = typing.get_type_hints(inspect.unwrap(fn))
+    return {k: _base_type(hints[k]) if k in hints else None
+            for k in inspect.signature(fn).parameters if k != "learning_rate"}
+
+
+def _references(doc: str) -> str:
+    text = doc.split("References:", 1)[1] if "References:" in doc else ""
+    return " ".join(text.split())
+
+
+def _with_common(fn, common: dict[str, Any], rules: dict[str, Any]):
+    """The full factory of a direction `fn(**own)`: f(learning_rate, **own, **common) validates
+    every value once (`rules`) and builds [raw-gradient steps] -> direction -> decoupled decay
+    -> -learning_rate (`_chain`)."""
+    own = inspect.signature(fn).parameters
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    sig = inspect.Signature([inspect.Parameter("learning_rate", kind), *own.values(),
+                             *(inspect.Parameter(k, kind, default=v) for k, v in common.items())])
+
+    @functools.wraps(fn)
+    def factory(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        v = bound.arguments
+        for key, value in v.items():
+            if rules.get(key) is not None:
+                rules[key](key, value)
+        direction = fn(**{k: v[k] for k in own})
+        return _chain(list(direction), v["learning_rate"], v["weight_decay"], v["mask"],
+                      v["max_norm"], v["coordinate_clip"], v["coupled_weight_decay"])
+
+    factory.__signature__ = sig  # type: ignore[attr-defined]
+    return factory
+
+
+_PRE = ("max_norm", "coupled_weight_decay", "coordinate_clip")
+
+
+def _with_pre(fn, pre: dict[str, Any], rules: dict[str, Any]):
+    """The full factory of a whole optimizer `fn(learning_rate, **own)` (a wrapped optax one):
+    validates every value once and puts the raw-gradient steps (`_PRE`) in front (`_wrap`; the
+    coupled decay uses the optimizer's `mask` if it has one)."""
+    own = inspect.signature(fn).parameters
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    sig = inspect.Signature([*own.values(),
+                             *(inspect.Parameter(k, kind, default=v) for k, v in pre.items())])
+
+    @functools.wraps(fn)
+    def factory(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        v = bound.arguments
+        for key, value in v.items():
+            if rules.get(key) is not None:
+                rules[key](key, value)
+        tx = fn(**{k: v[k] for k in own})
+        return _wrap(tx, v["max_norm"], v["coordinate_clip"], v["coupled_weight_decay"],
+                     v.get("mask"))
+
+    factory.__signature__ = sig  # type: ignore[attr-defined]
+    return factory
+
+
+def _register(common: dict[str, Any] | None = None, **overrides: Callable[[str, Any], None]):
+    """Registers a built-in under its name (a row of the table). A *direction* (a function
+    without ``learning_rate`` returning a list of transforms) gets the common keywords from the
+    registry, with the defaults `common` changes; a whole optimizer (first parameter
+    ``learning_rate``: the wrapped optax ones) is registered as it is. Every call checks its
+    arguments (`_RULES`, with per-optimizer `overrides`) before building the transformation."""
 
     def wrap(fn):
-        sig = inspect.signature(fn)
-        rules = {k: overrides.get(k, _RULES.get(k)) for k in sig.parameters}
-
-        @functools.wraps(fn)
-        def factory(*args, **kwargs):
-            bound = sig.bind(*args, **kwargs)
-            bound.apply_defaults()
-            for key, value in bound.arguments.items():
-                if rules[key] is not None:
-                    rules[key](key, value)
-            return fn(*args, **kwargs)
-
-        _REGISTRY[fn.__name__] = factory
+        params = inspect.signature(fn).parameters
+        types_ = _types(fn)
+        if "learning_rate" in params:  # a wrapped optax optimizer: raw-gradient steps only
+            pre = {k: _COMMON_DEFAULTS[k] for k in _PRE}
+            keys = [*params, *pre]
+            rules = {k: overrides.get(k, _RULES.get(k)) for k in keys}
+            factory = _with_pre(fn, pre, rules)
+            defaults = {**{k: p.default for k, p in params.items() if k != "learning_rate"},
+                        **pre}
+            types_ = {**types_, **{k: _COMMON_TYPES[k] for k in _PRE}}
+        else:
+            commons = {**_COMMON_DEFAULTS, **(common or {})}
+            keys = ["learning_rate", *params, *commons]
+            rules = {k: overrides.get(k, _RULES.get(k)) for k in keys}
+            factory = _with_common(fn, commons, rules)
+            defaults = {**{k: p.default for k, p in params.items()}, **commons}
+            types_ = {**types_, **_COMMON_TYPES}
+        _TABLE[fn.__name__] = Optimizer(
+            name=fn.__name__, factory=factory, defaults=defaults, types=types_, rules=rules,
+            static=tuple(k for k in defaults if k in _STATIC),
+            common=tuple(k for k in COMMON if k in defaults), theory=_THEORY.get(fn.__name__),
+            references=_references(fn.__doc__ or ""))
         return factory
 
     return wrap
@@ -204,14 +375,7 @@ _RETURNS = "The corresponding ``optax.GradientTransformation``."
 
 @_register()
 @_doc
-def sgd(
-    learning_rate: ScalarOrSchedule,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+def sgd() -> list[optax.GradientTransformation]:
     r"""Plain SGD (= ``optax.sgd``; with ``coupled_weight_decay``, ``torch.optim.SGD``).
 
     .. math::
@@ -227,23 +391,16 @@ def sgd(
     References:
       Robbins & Monro, "A Stochastic Approximation Method", 1951.
     """
-    return _chain([], learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return []
 
 
 @_register()
 @_doc
 def momentum(
-    learning_rate: ScalarOrSchedule,
     momentum: float = 0.9,
     dampening: float = 0.0,
     nesterov: bool = False,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""SGD with heavy-ball momentum, ``torch.optim.SGD`` semantics.
 
     .. math::
@@ -266,23 +423,16 @@ def momentum(
       2013.
     """
     direction = [T.trace(momentum, nesterov=nesterov, dampening=dampening)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
-@_register()
+@_register(common=dict(max_norm=1.0))
 @_doc
 def sgd_gclip(
-    learning_rate: ScalarOrSchedule,
     momentum: float = 0.9,
-    max_norm: float = 1.0,
     dampening: float = 0.0,
     nesterov: bool = False,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""SGD+GClip: global-norm clip of the raw gradient, then momentum.
 
     .. math::
@@ -307,24 +457,17 @@ def sgd_gclip(
       Orvieto & Gower, "In Search of Adam's Secret Sauce", 2025 (SGD+Gclip).
     """
     direction = [T.trace(momentum, nesterov=nesterov, dampening=dampening)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 @_register()
 @_doc
 def sgd_cclip(
-    learning_rate: ScalarOrSchedule,
     momentum: float = 0.9,
     clip: float = 1.0,
     dampening: float = 0.0,
     nesterov: bool = False,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""SGD+CClip: momentum, then a per-coordinate clip of the momentum.
 
     .. math::
@@ -349,8 +492,7 @@ def sgd_cclip(
         T.trace(momentum, nesterov=nesterov, dampening=dampening),
         T.clip_by_coordinate(clip),
     ]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 # --------------------------------------------------------------------------- sign family
@@ -358,14 +500,7 @@ def sgd_cclip(
 
 @_register()
 @_doc
-def signsgd(
-    learning_rate: ScalarOrSchedule,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+def signsgd() -> list[optax.GradientTransformation]:
     r"""SignSGD (= ``optax.sign_sgd``).
 
     .. math::
@@ -381,22 +516,15 @@ def signsgd(
     References:
       Bernstein et al., "signSGD: Compressed Optimisation for Non-Convex Problems", ICML 2018.
     """
-    return _chain([optax.scale_by_sign()], learning_rate, weight_decay, mask, max_norm,
-                  coordinate_clip, coupled_weight_decay)
+    return [optax.scale_by_sign()]
 
 
 @_register()
 @_doc
 def signum(
-    learning_rate: ScalarOrSchedule,
     beta: float = 0.9,
     init: str = "zero",
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""Signum: the sign of an EMA of the gradient (= ``optax.signum``).
 
     .. math::
@@ -417,22 +545,15 @@ def signum(
       Orvieto & Gower, "In Search of Adam's Secret Sauce", 2025.
     """
     direction = [T.ema(beta, debias=False, init=init), optax.scale_by_sign()]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 @_register()
 @_doc
 def ema_sign(
-    learning_rate: ScalarOrSchedule,
     beta: float = 0.9,
     init: str = "zero",
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""EMA of the sign ("momentum on SignSGD").
 
     .. math::
@@ -451,23 +572,16 @@ def ema_sign(
       Orvieto & Gower, "In Search of Adam's Secret Sauce", 2025 (EMASign).
     """
     direction = [optax.scale_by_sign(), T.ema(beta, debias=False, init=init)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 @_register()
 @_doc
 def signum_fixed_mollifier(
-    learning_rate: ScalarOrSchedule,
     beta: float = 0.9,
     variance: float = 1e-8,
     init: str = "zero",
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""Signum with a fixed mollifier, the Table 2 ablation of "In Search of Adam's Secret Sauce".
 
     .. math::
@@ -490,8 +604,7 @@ def signum_fixed_mollifier(
         T.ema(beta, debias=False, init=init),
         T.scale_by_mollified_sign(fixed_variance=variance),
     ]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 # --------------------------------------------------------------------------- Adam family
@@ -500,16 +613,10 @@ def signum_fixed_mollifier(
 @_register()
 @_doc
 def rmsprop(
-    learning_rate: ScalarOrSchedule,
     b2: float = 0.999,
     eps: float = 1e-8,
     bias_correction: bool = True,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""RMSprop as "In Search of Adam's Secret Sauce" ran it: Adam with b1 = 0, in one buffer.
 
     .. math::
@@ -534,14 +641,12 @@ def rmsprop(
       Orvieto & Gower, "In Search of Adam's Secret Sauce", 2025.
     """
     direction = [T.scale_by_rms(b2, eps, bias_correction=bias_correction)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 @_register()
 @_doc
 def adam(
-    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
@@ -550,12 +655,7 @@ def adam(
     init: str = "zero",
     nesterov: bool = False,
     mu_dtype: Any = None,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""Adam / AdamW (= ``optax.adam`` / ``optax.adamw``, ``torch.optim.Adam(W)``).
 
     .. math::
@@ -597,14 +697,12 @@ def adam(
             bias_correction=bias_correction, init=init,
         )
     ]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
-@_register()
+@_register(common=dict(weight_decay=1e-4))
 @_doc
 def adamw(
-    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
@@ -613,12 +711,7 @@ def adamw(
     init: str = "zero",
     nesterov: bool = False,
     mu_dtype: Any = None,
-    weight_decay: ScalarOrSchedule = 1e-4,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""AdamW: ``adam`` with optax.adamw's default ``weight_decay=1e-4``.
 
     .. math::
@@ -635,27 +728,19 @@ def adamw(
     References:
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
     """
-    return adam(
-        learning_rate, b1, b2, eps, eps_root, bias_correction, init, nesterov, mu_dtype,
-        weight_decay, mask, max_norm, coupled_weight_decay, coordinate_clip,
-    )
+    return inspect.unwrap(adam)(b1, b2, eps, eps_root, bias_correction, init, nesterov,
+                                mu_dtype)
 
 
 @_register()
 @_doc
 def adam_equal_betas(
-    learning_rate: ScalarOrSchedule,
     beta: float = 0.95,
     eps: float = 0.0,
     bias_correction: bool = True,
     init: str = "zero",
     c: float = 1.0,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""Adam with b1 = b2 = beta as a variance-mollified sign:
     ``chain(track_gaussian_vi(beta), scale_by_mollified_sign(c, eps), lr)``.
 
@@ -687,23 +772,16 @@ def adam_equal_betas(
         T.track_gaussian_vi(beta, debias=bias_correction, init=init),
         T.scale_by_mollified_sign(c=c, eps=eps),
     ]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 @_register()
 @_doc
 def laprop(
-    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-15,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""LaProp: normalize by the second moment, then momentum, then debias.
 
     .. math::
@@ -726,24 +804,17 @@ def laprop(
       "On the Distributional Properties of Adaptive Gradients", eq. (1)-(4).
     """
     direction = [T.scale_by_laprop(b1, b2, eps)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
-@_register()
+@_register(common=dict(weight_decay=1e-5))
 @_doc
 def acclip(
-    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.99,
     alpha: float = 1.0,
     eps: float = 1e-5,
-    weight_decay: ScalarOrSchedule = 1e-5,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""ACClip with the paper's defaults (b1 0.9, b2 0.99, alpha 1, eps 1e-5, wd 1e-5).
 
     .. math::
@@ -767,8 +838,7 @@ def acclip(
       for Attention Models?"), NeurIPS 2020.
     """
     direction = [T.scale_by_acclip(b1, b2, alpha, eps)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 # --------------------------------------------------------------------------- Adam variants
@@ -777,19 +847,13 @@ def acclip(
 @_register()
 @_doc
 def radam(
-    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
     threshold: float = 5.0,
     nesterov: bool = False,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""RAdam (= ``optax.radam``, with accurate float32 bias corrections and rho_t).
 
     .. math::
@@ -817,24 +881,17 @@ def radam(
       Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", ICLR 2020.
     """
     direction = [T.scale_by_radam(b1, b2, eps, eps_root, threshold, nesterov=nesterov)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 @_register()
 @_doc
 def amsgrad(
-    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""AMSGrad as optax defines it (``optax.scale_by_amsgrad``).
 
     .. math::
@@ -860,22 +917,15 @@ def amsgrad(
       Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018.
     """
     direction = [optax.scale_by_amsgrad(b1, b2, eps, eps_root)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 @_register()
 @_doc
 def adagrad(
-    learning_rate: ScalarOrSchedule,
     initial_accumulator_value: float = 0.1,
     eps: float = 1e-7,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""Adagrad (= ``optax.adagrad``, ``optax.scale_by_rss``).
 
     .. math::
@@ -895,22 +945,15 @@ def adagrad(
       Optimization", JMLR 2011.
     """
     direction = [optax.scale_by_rss(initial_accumulator_value, eps)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
-@_register()
+@_register(common=dict(weight_decay=1e-3))
 @_doc
 def lion(
-    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.99,
-    weight_decay: ScalarOrSchedule = 1e-3,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""Lion (= ``optax.lion``, its default ``weight_decay=1e-3``).
 
     .. math::
@@ -930,25 +973,18 @@ def lion(
       Chen et al., "Symbolic Discovery of Optimization Algorithms", NeurIPS 2023.
     """
     direction = [optax.scale_by_lion(b1, b2)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
-@_register()
+@_register(common=dict(weight_decay=1e-4))
 @_doc
 def nadamw(
-    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
     mu_dtype: Any = None,
-    weight_decay: ScalarOrSchedule = 1e-4,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""NAdamW (= ``optax.nadamw``): AdamW with Nesterov momentum.
 
     .. math::
@@ -975,25 +1011,18 @@ def nadamw(
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
     """
     direction = [T.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=True)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 @_register()
 @_doc
 def adabelief(
-    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-16,
     eps_root: float = 1e-16,
     nesterov: bool = False,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""AdaBelief (= ``optax.adabelief``): Adam normalized by the EMA of (g - m)^2.
 
     .. math::
@@ -1027,14 +1056,12 @@ def adabelief(
       Gradients", NeurIPS 2020.
     """
     direction = [optax.scale_by_belief(b1, b2, eps, eps_root, nesterov=nesterov)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 @_register(alpha=_p(_NONNEG, schedule=True))
 @_doc
 def ademamix(
-    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.999,
     b3: ScalarOrSchedule = 0.9999,
@@ -1042,12 +1069,7 @@ def ademamix(
     eps: float = 1e-8,
     eps_root: float = 0.0,
     mu_dtype: Any = None,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""AdEMAMix (= ``optax.contrib.ademamix``): Adam plus a slow, undebiased EMA.
 
     .. math::
@@ -1073,26 +1095,19 @@ def ademamix(
       Pagliardini, Ablin & Grangier, "The AdEMAMix Optimizer: Better, Faster, Older", 2024.
     """
     direction = [optax.contrib.scale_by_ademamix(b1, b2, b3, alpha, eps, eps_root, mu_dtype)]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 @_register()
 @_doc
 def adopt(
-    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.9999,
     eps: float = 1e-6,
     mu_dtype: Any = None,
     nesterov: bool = False,
     use_clipping: bool = True,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
-) -> optax.GradientTransformation:
+) -> list[optax.GradientTransformation]:
     r"""ADOPT (= ``optax.contrib.adopt``): normalize by the *previous* second moment.
 
     .. math::
@@ -1123,8 +1138,7 @@ def adopt(
     direction = [optax.contrib.scale_by_adopt(
         b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype, nesterov=nesterov, use_clipping=use_clipping
     )]
-    return _chain(direction, learning_rate, weight_decay, mask, max_norm, coordinate_clip,
-                  coupled_weight_decay)
+    return direction
 
 
 @_register()
@@ -1137,9 +1151,6 @@ def lamb(
     eps_root: float = 0.0,
     weight_decay: ScalarOrSchedule = 0.0,
     mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
     r"""LAMB (= ``optax.lamb``): Adam's direction plus weight decay, rescaled per leaf.
 
@@ -1165,7 +1176,7 @@ def lamb(
       ICLR 2020.
     """
     tx = optax.lamb(learning_rate, b1, b2, eps, eps_root, weight_decay, mask)
-    return _wrap(tx, max_norm, coordinate_clip, coupled_weight_decay, mask)
+    return tx
 
 
 @_register(
@@ -1181,9 +1192,6 @@ def prodigy(
     estim_lr_coef: float = 1.0,
     weight_decay: float = 0.0,
     safeguard_warmup: bool = False,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
     r"""Prodigy (= ``optax.contrib.prodigy``): AdamW with an estimated learning-rate scale d_t.
 
@@ -1227,7 +1235,7 @@ def prodigy(
         return state._replace(params0=jax.tree.map(lambda t: t.copy(), state.params0))
 
     tx = optax.GradientTransformationExtraArgs(init_fn, base.update)
-    return _wrap(tx, max_norm, coordinate_clip, coupled_weight_decay, None)
+    return tx
 
 
 @_register(momentum=_p(_DECAY, optional=True))
@@ -1244,9 +1252,6 @@ def adafactor(
     eps: float = 1e-30,
     factored: bool = True,
     mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
     r"""Adafactor (= ``optax.adafactor``): factored second moments, relative step sizes.
 
@@ -1291,7 +1296,7 @@ def adafactor(
         multiply_by_parameter_scale, clipping_threshold, momentum, dtype_momentum,
         weight_decay_rate, eps, factored, weight_decay_mask=mask,
     )
-    return _wrap(tx, max_norm, coordinate_clip, coupled_weight_decay, mask)
+    return tx
 
 
 MUON_ADAM_PARAMS = r"embed|head"
@@ -1332,9 +1337,6 @@ def muon(
     adam_learning_rate: ScalarOrSchedule | None = None,
     consistent_rms: float | None = None,
     adam_params: str | None = MUON_ADAM_PARAMS,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
     r"""Muon (= ``optax.contrib.muon``): orthogonalized momentum for matrices, Adam for the rest.
 
@@ -1397,7 +1399,7 @@ def muon(
         adam_weight_decay=adam_weight_decay, adam_learning_rate=adam_learning_rate,
         muon_weight_dimension_numbers=dims, consistent_rms=consistent_rms,
     )
-    return _wrap(tx, max_norm, coordinate_clip, coupled_weight_decay, mask)
+    return tx
 
 
 @_register(b1=_p(_DECAY, positive=True))
@@ -1412,9 +1414,6 @@ def schedule_free_adamw(
     weight_lr_power: float = 2.0,
     state_dtype: Any = None,
     mask: Mask = None,
-    max_norm: float | None = None,
-    coupled_weight_decay: ScalarOrSchedule = 0.0,
-    coordinate_clip: float | None = None,
 ) -> optax.GradientTransformation:
     r"""Schedule-free AdamW (= ``optax.contrib.schedule_free_adamw``).
 
@@ -1461,56 +1460,320 @@ def schedule_free_adamw(
     tx = optax.contrib.schedule_free(
         base, learning_rate, b1=b1, weight_lr_power=weight_lr_power, state_dtype=state_dtype
     )
-    return _wrap(tx, max_norm, coordinate_clip, coupled_weight_decay, mask)
+    return tx
 
 
 # --------------------------------------------------------------------------- registry
 
 
 def names() -> list[str]:
-    """Every registered optimizer name."""
-    return list(_REGISTRY)
+    """Every registered optimizer name (built-ins first)."""
+    return list(_TABLE)
+
+
+def entry(name: str) -> Optimizer:
+    """The table row of optimizer ``name``; a reference ``package.module:factory`` or
+    ``path/to/file.py:factory`` is imported and registered on first use. Unknown names raise a
+    one-line ValueError listing the valid ones."""
+    if name in _TABLE:
+        return _TABLE[name]
+    if isinstance(name, str) and ":" in name:
+        return _TABLE[resolve(name)]
+    raise ValueError(f"Unknown optimizer {name!r}; valid names: {', '.join(names())} (or a "
+                     "reference package.module:factory or path/to/file.py:factory).")
 
 
 def _factory(name: str) -> Callable[..., optax.GradientTransformation]:
-    if name not in _REGISTRY:
-        raise ValueError(f"Unknown optimizer {name!r}; valid names: {', '.join(names())}.")
-    return _REGISTRY[name]
+    return entry(name).factory
 
 
 def hparams(name: str) -> dict[str, Any]:
     """The keywords of optimizer ``name`` (all but ``learning_rate``) and their defaults."""
-    sig = inspect.signature(_factory(name))
-    return {k: p.default for k, p in sig.parameters.items() if k != "learning_rate"}
-
-
-def _base_type(hint: Any) -> type | None:
-    """The plain Python type of an annotation: float for ``float | None`` and for
-    ``float | jax.Array | optax.Schedule`` (arrays and schedules are not config values), tuple
-    for ``tuple[float, float]``; None if there is no single one (``Any``, ``tuple | str``)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        kinds = {_base_type(a) for a in typing.get_args(hint) if a is not type(None)} - {None}
-        return kinds.pop() if len(kinds) == 1 else None
-    if origin in (tuple, list):
-        return origin
-    if isinstance(hint, type) and hint not in (jax.Array, Any) and origin is None:
-        return hint
-    return None
+    return dict(entry(name).defaults)
 
 
 def hparam_types(name: str) -> dict[str, type | None]:
     """The Python type a config field needs for each keyword of ``name`` (from the factory's
     annotations: ``float`` for ``float | None``; None where several types are valid, e.g. a
     number or a schedule, or a mask)."""
-    hints = typing.get_type_hints(inspect.unwrap(_factory(name)))
-    return {key: _base_type(hints[key]) if key in hints else None for key in hparams(name)}
+    return dict(entry(name).types)
 
 
 def static_hparams(name: str) -> tuple[str, ...]:
     """Keywords of ``name`` that must stay static under ``optax.inject_hyperparams`` (integer
     loop counts, sizes and schedule lengths): pass them as ``static_args``."""
-    return tuple(k for k in hparams(name) if k in _STATIC)
+    return entry(name).static
+
+
+def theory_settings(name: str, hparams: dict[str, Any]) -> dict[str, Any]:
+    """The monitor's theory settings (b1, b2, eps, bias_correction) of optimizer ``name`` with
+    ``hparams`` (defaults filled in): {} when the entry declares no theory mapping."""
+    return entry(name).theory_settings(hparams)
+
+
+def theory_hparams(name: str) -> set[str]:
+    """The hparams the monitor's theory overlay of ``name`` reads (constants of a group)."""
+    theory = entry(name).theory or {}
+    return {v for v in theory.values() if isinstance(v, str)}
+
+
+# ------------------------------------------------------------------ user optimizers
+
+
+def _generic_rule(default: Any) -> Callable[[str, Any], None] | None:
+    """A user hparam the common rules do not know: a float default must stay a finite number,
+    an int default an integer, a bool a bool."""
+    if isinstance(default, bool):
+        return _BOOL
+    if isinstance(default, int):
+        return _p(C.check_int, minimum=-(2**62))
+    if isinstance(default, float):
+        def finite(name: str, value: Any) -> None:
+            if is_number(value) and not float(value) == float(value) or (
+                    is_number(value) and abs(float(value)) == float("inf")):
+                C.fail(name, value, "must be a finite number")
+            if not (is_number(value) or isinstance(value, jax.Array) or callable(value)):
+                C.fail(name, value, "must be a number")
+        return finite
+    return None
+
+
+def register(name: str, factory: Callable[..., optax.GradientTransformation] | None = None, *,
+             hparams: dict[str, Any] | None = None, theory: dict[str, str | float] | None = None,
+             static: tuple[str, ...] | list[str] = (), references: str = ""):
+    """Adds an optimizer of one's own to the registry (or, without ``factory``, a decorator).
+
+    ``factory`` builds the optimizer's *direction* from its own hparams, e.g.
+    ``def my_sign(beta=0.9): return optax.chain(optax.ema(beta), optax.scale_by_sign())``; the
+    registry adds the common keywords (``weight_decay, mask, max_norm, coupled_weight_decay,
+    coordinate_clip``) and ``-learning_rate`` around it, exactly as for the built-ins. A factory
+    whose first parameter is ``learning_rate`` is a whole optimizer (it scales by the learning
+    rate itself); the registry then adds only the raw-gradient steps (``max_norm``,
+    ``coordinate_clip``, ``coupled_weight_decay``).
+
+    The traced-hparam contract (vectorized sweeps): every numeric hparam not in ``static`` may
+    arrive as a JAX array, traced, so the factory must not use it in a Python ``if`` or as a
+    loop count or a shape; declare those ``static``. A sweep checks each factory once by
+    abstract evaluation and runs a factory that breaks the contract solo, with a note.
+
+    Args:
+      name: the registry name; a built-in's name is an error. Registering a name again replaces
+        the earlier entry (re-importing a file is harmless).
+      factory: ``factory(**hparams) -> GradientTransformation`` (or ``factory(learning_rate,
+        **hparams)``); every hparam needs a default.
+      hparams: defaults that replace the signature's ({keyword: default}).
+      theory: the monitor's theory mapping {'b1' | 'b2' | 'eps' | 'bias_correction': hparam
+        name or number}, e.g. ``{'b1': 'beta', 'b2': 'beta'}``; None: no theory overlay.
+      static: hparams that must stay Python values (loop counts, sizes, flags used in ``if``).
+      references: the papers, for ``entry(name).references``.
+
+    Returns:
+      The validating factory ``f(learning_rate, **hparams)`` (as the decorator: it replaces the
+      decorated function, so ``f`` is usable directly).
+    """
+    if factory is None:
+        return lambda fn: register(name, fn, hparams=hparams, theory=theory, static=static,
+                                   references=references)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register: name={name!r} must be a non-empty string")
+    if name in _TABLE and _TABLE[name].builtin:
+        raise ValueError(f"register: name={name!r} is a built-in optimizer; choose another name")
+    if not callable(factory):
+        raise ValueError(f"register({name!r}): factory={factory!r} is not callable")
+    sig = inspect.signature(factory)
+    params = list(sig.parameters.values())
+    whole = bool(params) and params[0].name == "learning_rate"
+    own = {p.name: p.default for p in params[1 if whole else 0:]
+           if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    unknown = sorted(set(hparams or {}) - set(own))
+    if unknown:
+        raise ValueError(f"register({name!r}): hparams {unknown} are not keywords of the "
+                         f"factory; its keywords: {', '.join(own) or '-'}")
+    own.update(hparams or {})
+    missing = [k for k, v in own.items() if v is inspect.Parameter.empty]
+    if missing:
+        raise ValueError(f"register({name!r}): hparam {missing[0]!r} has no default; give one "
+                         "in the signature or in hparams={...}")
+    clash = sorted(set(own) & {*COMMON, "learning_rate"}) if not whole else sorted(
+        set(own) & {"max_norm", "coordinate_clip", "coupled_weight_decay"})
+    if clash:
+        raise ValueError(f"register({name!r}): hparam {clash[0]!r} is a common keyword the "
+                         "registry applies; remove it from the factory")
+    bad_static = sorted(set(static) - set(own))
+    if bad_static:
+        raise ValueError(f"register({name!r}): static={bad_static} are not hparams of the "
+                         f"factory; its hparams: {', '.join(own) or '-'}")
+    for field, source in (theory or {}).items():
+        if field not in ("b1", "b2", "eps", "bias_correction"):
+            raise ValueError(f"register({name!r}): theory field {field!r}; valid: b1, b2, eps, "
+                             "bias_correction")
+        if isinstance(source, str) and source not in own:
+            raise ValueError(f"register({name!r}): theory {field}={source!r} is not an hparam; "
+                             f"its hparams: {', '.join(own) or '-'}")
+    common = ("max_norm", "coordinate_clip", "coupled_weight_decay", "mask") if whole else COMMON
+    hints = typing.get_type_hints(factory) if hasattr(factory, "__annotations__") else {}
+    kinds = {k: (_base_type(hints[k]) if k in hints else
+                 (type(v) if isinstance(v, (bool, int, float, str)) else None))
+             for k, v in own.items()}
+    rules = {k: _RULES.get(k, _generic_rule(v)) for k, v in own.items()}
+    rules["learning_rate"] = _RULES["learning_rate"]
+    rules.update({k: _RULES.get(k) for k in common})
+
+    def build(learning_rate: ScalarOrSchedule, **kwargs: Any) -> optax.GradientTransformation:
+        bad = sorted(set(kwargs) - set(own) - set(common))
+        if bad:
+            raise TypeError(f"{name}() got an unexpected keyword argument {bad[0]!r}")
+        values = {**own, **{k: _COMMON_DEFAULTS[k] for k in common}, **kwargs}
+        values["learning_rate"] = learning_rate
+        for key, value in values.items():
+            if rules.get(key) is not None:
+                rules[key](key, value)
+        mine = {k: values[k] for k in own}
+        if whole:
+            tx = factory(learning_rate, **mine)
+        else:
+            tx = factory(**mine)
+        if not isinstance(tx, optax.GradientTransformation):
+            raise ValueError(f"{name}: the factory returned {type(tx).__name__}, not an "
+                             "optax.GradientTransformation")
+        if whole:
+            return _wrap(tx, values["max_norm"], values["coordinate_clip"],
+                         values["coupled_weight_decay"], values["mask"])
+        return _chain([tx], learning_rate, values["weight_decay"], values["mask"],
+                      values["max_norm"], values["coordinate_clip"],
+                      values["coupled_weight_decay"])
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = factory.__doc__
+    build.__wrapped__ = factory  # type: ignore[attr-defined]
+    defaults = {**own, **{k: _COMMON_DEFAULTS[k] for k in common}}
+    row = Optimizer(name=name, factory=build, defaults=defaults,
+                    types={**kinds, **{k: _COMMON_TYPES[k] for k in common}}, rules=rules,
+                    static=tuple(static), common=common, theory=dict(theory) if theory else None,
+                    references=references, builtin=False)
+    try:
+        tx = build(1e-3)
+    except Exception as e:  # noqa: BLE001 - any failure with the defaults is the user's
+        raise ValueError(f"register({name!r}): the factory fails with its defaults: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                         ) from e
+    del tx
+    _TABLE[name] = row
+    build._optaxlab_name = name  # type: ignore[attr-defined]
+    return build
+
+
+def _load_file(path: str):
+    full = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(full):
+        raise ValueError(f"optimizer {path!r}: file not found ({full})")
+    module_name = "optaxlab_user_" + "".join(c if c.isalnum() else "_" for c in full)
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, full)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - one line naming the file
+        del sys.modules[module_name]
+        raise ValueError(f"optimizer {path!r}: importing it failed: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    return module
+
+
+def canonical(ref: str) -> str:
+    """A reference with its file made absolute (``a.py:f`` -> ``/abs/a.py:f``), so every process
+    (group members, SLURM tasks, resume) imports the same file; other names unchanged."""
+    if not isinstance(ref, str) or ":" not in ref:
+        return ref
+    where, _, attr = ref.rpartition(":")
+    if where.endswith(".py") or os.sep in where:
+        return f"{os.path.abspath(os.path.expanduser(where))}:{attr}"
+    return ref
+
+
+def resolve(ref: str) -> str:
+    """Imports ``package.module:factory`` or ``path/to/file.py:factory`` and registers the
+    factory under ``ref`` (unless it is registered already); returns ``ref``. One-line
+    ValueErrors: file missing, module missing, attribute missing, not a factory of a
+    ``GradientTransformation``, bad hparam."""
+    if ref in _TABLE:
+        return ref
+    where, _, attr = ref.rpartition(":")
+    if not where or not attr:
+        raise ValueError(f"optimizer {ref!r}: a reference looks like package.module:factory "
+                         "or path/to/file.py:factory")
+    if where.endswith(".py") or os.sep in where:
+        module = _load_file(where)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise ValueError(f"optimizer {ref!r}: cannot import module {where!r} ({e})") from e
+    if not hasattr(module, attr):
+        public = [k for k, v in vars(module).items() if callable(v) and not k.startswith("_")]
+        raise ValueError(f"optimizer {ref!r}: {where} has no attribute {attr!r}; its callables: "
+                         f"{', '.join(public) or '-'}")
+    fn = getattr(module, attr)
+    registered = getattr(fn, "_optaxlab_name", None)
+    if registered in _TABLE:  # decorated with @register(name): the same row under ref too
+        _TABLE[ref] = dataclasses.replace(_TABLE[registered], name=ref)
+        return ref
+    if not callable(fn):
+        raise ValueError(f"optimizer {ref!r}: {attr} is {type(fn).__name__}, not a factory of "
+                         "an optax.GradientTransformation")
+    register(ref, fn, static=getattr(fn, "static_hparams", ()),
+             theory=getattr(fn, "theory", None))
+    return ref
+
+
+def untraceable(name: str, hparams: dict[str, Any], traced: list[str]) -> str | None:
+    """None if optimizer ``name`` can be built and stepped with the hparams ``traced`` given as
+    traced JAX arrays (checked once by abstract evaluation, ``jax.eval_shape``: nothing runs),
+    else a one-line note naming the first hparam that cannot be traced. Built-ins are
+    traceable by construction (their tests run them under ``inject_hyperparams``)."""
+    row = entry(name)
+    keys = tuple(k for k in traced if k in hparams)
+    if row.builtin or not keys:
+        return None
+    key = (name, keys, repr(sorted((k, v) for k, v in hparams.items() if k not in keys)))
+    if key not in _TRACE_CHECKS:
+        _TRACE_CHECKS[key] = _untraceable(row.factory, name, hparams, list(keys))
+    return _TRACE_CHECKS[key]
+
+
+_TRACE_CHECKS: dict[tuple, str | None] = {}
+
+
+def _untraceable(factory, name: str, hparams: dict[str, Any], keys: list[str]) -> str | None:
+    import jax.numpy as jnp
+
+    params = {"w": jnp.zeros((4, 4)), "b": jnp.zeros((4,))}
+
+    def run(keys, values):
+        kw = {**hparams, **dict(zip(keys, values, strict=True))}
+        tx = factory(1e-3, **kw)
+        state = tx.init(params)
+        return tx.update(params, state, params)[0]
+
+    def fails(keys) -> str | None:
+        values = [jnp.asarray(hparams[k], jnp.float32 if isinstance(hparams[k], float)
+                              else None) for k in keys]
+        try:
+            jax.eval_shape(functools.partial(run, keys), values)
+        except Exception as e:  # noqa: BLE001 - the reason goes into the note
+            return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
+        return None
+
+    if fails(keys) is None:
+        return None
+    for key in keys:
+        why = fails([key])
+        if why is not None:
+            return (f"optimizer {name!r} cannot take hparam {key!r} traced ({why[:160]}); "
+                    f"declare it static or avoid Python control flow on it")
+    return f"optimizer {name!r} cannot take its hparams {keys} traced together"
 
 
 def get(name: str) -> Callable[..., optax.GradientTransformation]:

@@ -298,7 +298,8 @@ def render(
     if not hists:
         notes.append("no histograms (monitor.histograms=False): histogram figures skipped")
     if "theory/m_eff" not in scalars:
-        notes.append("no theory overlay (the optimizer has no second-moment decay b2)")
+        notes.append("no theory for this optimizer (its registry entry declares no theory "
+                     "mapping with a second-moment decay b2): no theory overlay")
     for kind, fn in (
         ("variance", figure_variance),
         ("spread", figure_spread),

@@ -195,31 +195,17 @@ def settings(config=None, **overrides) -> Settings:
 
 def theory_settings(optimizer: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
     """The theory settings (b1, b2, eps, bias_correction) of an `optaxlab.optimizers` entry,
-    for `watch` (the trainer passes them).
-
-    Adam / AdamW: as given. RMSprop: b1 = 0. Adam with equal betas: b1 = b2 = beta (its eps
-    sits inside the square root, m / sqrt(m^2 + s^2 + eps^2); 0 by default). LaProp, RAdam,
-    AMSGrad: b2 only (the closed-form law f_m; no pure-noise reference, their recursions are
-    not Adam's). Others (SGD, sign methods, Lion, ACClip, AdaGrad): {} (no theory overlay).
+    for `watch` (the trainer passes them): read from the registry table's theory mapping
+    (`optaxlab.optimizers.Optimizer.theory`, imported lazily: the monitor does not depend on
+    the registry). {} for an optimizer that declares no theory (no overlay).
 
     Args:
-      optimizer: the registry name.
-      hparams: its hyperparameters, defaults included (`optaxlab.optimizers.hparams(name)`
-        updated with the ones given).
+      optimizer: the registry name (or reference).
+      hparams: its hyperparameters (defaults are filled in from the registry).
 
     Returns:
       {field: value} for `watch(..., **settings)`.
     """
-    hp = dict(hparams)
-    out: dict[str, Any] = {}
-    if optimizer in ("adam", "adamw"):
-        out = {k: hp[k] for k in ("b1", "b2", "eps") if k in hp}
-    elif optimizer == "rmsprop":
-        out = {"b1": 0.0, **{k: hp[k] for k in ("b2", "eps") if k in hp}}
-    elif optimizer == "adam_equal_betas" and "beta" in hp:
-        out = {"b1": hp["beta"], "b2": hp["beta"], "eps": hp.get("eps", 0.0)}
-    elif optimizer in ("laprop", "radam", "amsgrad") and "b2" in hp:
-        out = {"b2": hp["b2"]}
-    if out and "bias_correction" in hp:
-        out["bias_correction"] = bool(hp["bias_correction"])
-    return {k: (float(v) if k != "bias_correction" else v) for k, v in out.items()}
+    from optaxlab import optimizers  # lazy: monitor imports nothing above it at import time
+
+    return optimizers.theory_settings(optimizer, dict(hparams))

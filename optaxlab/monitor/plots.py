@@ -134,5 +134,7 @@ def steps_grid(
         hist_panel(ax, series[t], edges, m, f"step {t}" + (f", m_eff={m:.2f}" if m else ""))
     for ax in axes[len(steps) :]:
         ax.set_axis_off()
-    fig.suptitle(f"{layer}: update Delta = (theta_t - theta_(t-1))/lr vs theory", fontsize=9)
+    against = ("vs theory" if any(m_effs.get(t) for t in steps)
+               else "(no theory for this optimizer)")
+    fig.suptitle(f"{layer}: update Delta = (theta_t - theta_(t-1))/lr {against}", fontsize=9)
     return fig

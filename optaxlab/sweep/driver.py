@@ -462,7 +462,8 @@ def _describe(plan: Plan, points: Sequence[Point], sweep_dir: Path) -> list[str]
     return [f"sweep {plan.name}: {len(points)} of {len(plan.points)} point(s) in {sweep_dir} "
             f"({len(groups)} group(s): "
             f"{', '.join(f'{g} ({n})' for g, n in groups.items())})",
-            f"base: {plan.config} with {fixed or 'no overrides'}"]
+            f"base: {plan.config} with {fixed or 'no overrides'}",
+            *(f"note: {n}" for n in plan.notes)]
 
 
 def print_commands(plan: Plan, points: Sequence[Point], sweep_dir: Path,
@@ -528,6 +529,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
                 "resume" if st.step else "run")
             would += act != "skip"
             print(f"  [{p.index:3d}] {act:6s} {st.status:11s} {p.name}")
+            if p.hparams:
+                print("        hparams: " + ", ".join(f"{k}={format_value(v)}"
+                                                   for k, v in p.hparams.items()))
         if args.vectorize and would:
             runner = runner_lib.GroupRunner(plan, sweep_dir, env, max_members=args.max_members)
             todo = [p for p in points if outcome.point_state(

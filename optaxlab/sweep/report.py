@@ -71,7 +71,7 @@ def point_row(plan: Plan, point: Point, sweep_dir: Path) -> dict[str, Any]:
             train_s += (r["step"] - prev) / sps
         prev = r.get("step", prev)
     row: dict[str, Any] = {"name": point.name, "group": point.group, "seed": point.seed,
-                           **point.values}
+                           **point.values, **hparam_columns(point)}
     row.update(
         status=state.status, step=state.step, steps=state.steps,
         diverged_step=state.diverged_step, exit_code=state.exit_code,
@@ -93,6 +93,21 @@ def point_row(plan: Plan, point: Point, sweep_dir: Path) -> dict[str, Any]:
     return row
 
 
+HPARAM_PREFIX = "hp."
+
+
+def hparam_columns(point: Point) -> dict[str, Any]:
+    """The point's resolved optimizer block as results.csv columns `hp.<field>`."""
+    return {f"{HPARAM_PREFIX}{k}": v for k, v in point.hparams.items()}
+
+
+def _hparam_names(plan: Plan) -> list[str]:
+    out: dict[str, None] = {}
+    for p in plan.points:
+        out.update(dict.fromkeys(hparam_columns(p)))
+    return list(out)
+
+
 def collect(plan: Plan, sweep_dir: Path) -> list[dict[str, Any]]:
     return [point_row(plan, p, sweep_dir) for p in plan.points]
 
@@ -109,7 +124,7 @@ def _csv_value(v: Any) -> str:
 
 def write_csv(plan: Plan, rows: list[dict[str, Any]], path: Path) -> None:
     columns = ["name", "group", *plan.fields, *([] if "seed" in plan.fields else ["seed"]),
-               *COLUMNS]
+               *COLUMNS, *_hparam_names(plan)]
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
@@ -287,6 +302,9 @@ def summary_markdown(plan: Plan, rows: list[dict[str, Any]], groups: dict[str, G
                  f"`{plan.metric}` ({direction} is better; a setting is the mean over its seeds; "
                  "a setting with a diverged seed ranks below every finite one).")
     fixed = ", ".join(f"{k}={format_value(v)}" for k, v in plan.overrides.items())
+    if plan.notes:
+        lines += ["", "Hparams that differ from the base config: " + "; ".join(plan.notes)
+                  + "."]
     lines += ["", f"Fixed overrides: {fixed or '-'}. Swept: "
               f"{', '.join(plan.short(f) for f in plan.fields) or '-'}; groups by "
               f"{', '.join(plan.short(f) for f in plan.group_by) or '- (one group)'}; tuned: "
@@ -330,6 +348,11 @@ def summary_markdown(plan: Plan, rows: list[dict[str, Any]], groups: dict[str, G
         b = g.best
         if b is not None:
             lines += ["", f"Best: {_setting_text(plan, b.values)}: {_metric_text(plan, b)}."]
+            hp = {k[len(HPARAM_PREFIX):]: v for k, v in b.rows[0].items()
+                  if k.startswith(HPARAM_PREFIX)}
+            if hp:
+                lines += ["", "Its optimizer hparams: "
+                          + ", ".join(f"{k}={format_value(v)}" for k, v in hp.items()) + "."]
         for w in g.edge_warnings():
             lines += ["", f"> **Warning:** {w}."]
         if plan.tune:

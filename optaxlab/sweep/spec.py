@@ -193,6 +193,8 @@ class Point:
     args: tuple[str, ...]  # trainer arguments after --config/--workdir
     steps: int  # config.steps of the point
     seed: int  # config.seed of the point (swept or not)
+    # the optimizer block the point runs with (name, schedule and every hparam, resolved)
+    hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def workdir(self, sweep_dir: Path) -> Path:
         return Path(sweep_dir) / POINTS_DIR / self.name
@@ -206,7 +208,7 @@ class Point:
     def from_json(cls, d: Mapping[str, Any]) -> Point:
         d = dict(d)
         d["args"] = tuple(d["args"])
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
 @dataclasses.dataclass
@@ -224,6 +226,8 @@ class Plan:
     goal: str
     heatmaps: list[list[str]]
     points: list[Point]
+    # hparams whose value differs from the base config's same-named value (nothing silent)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def short(self, field: str) -> str:
         return short_names(self.fields).get(field, field)
@@ -236,7 +240,8 @@ class Plan:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Plan:
-        kw = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name != "points"}
+        kw = {f.name: d[f.name] for f in dataclasses.fields(cls)
+              if f.name != "points" and f.name in d}
         return cls(points=[Point.from_json(p) for p in d["points"]], **kw)
 
     def trainer_command(self, point: Point, sweep_dir: Path, python: str | None = None
@@ -264,6 +269,9 @@ def format_value(value: Any) -> str:
         return short if float(short) == value else repr(value)
     if isinstance(value, (list, tuple)):
         return "x".join(format_value(v) for v in value)
+    if isinstance(value, str) and ":" in value and os.sep in value:  # /abs/my_opt.py:factory
+        where, _, attr = value.rpartition(":")
+        return f"{os.path.basename(where)}:{attr}"
     return str(value)
 
 
@@ -373,6 +381,11 @@ def find_config(config: str, sweep_file: Path | None) -> Path:
     for c in candidates:
         if c.is_file():
             return c.absolute()
+    from optaxlab.train.config import config_file  # a shipped config by name: 'lm_tiny'
+
+    shipped = Path(config_file(file))
+    if shipped.is_file():
+        return shipped
     raise SweepError(f"config={config!r}: file not found (looked in the working directory and "
                      "next to the sweep file and its parent folders)")
 
@@ -475,10 +488,17 @@ def resolve(spec: Mapping[str, Any], sweep_file: str | Path | None = None) -> Pl
     except Exception as e:  # noqa: BLE001 - any failure of the user's config file
         raise SweepError(f"config={config_arg!r}: get_config() failed: {_one_line(e)}") from e
 
+    from optaxlab import optimizers
+
     overrides = dict(spec.get("overrides") or {})
+    if "optimizer.name" in overrides:
+        overrides["optimizer.name"] = optimizers.canonical(overrides["optimizer.name"])
     if "progress_bar" not in overrides:
         overrides["progress_bar"] = False  # the log of a point is a file: no tqdm bar in it
     raw_points = [dict(p) for p in (spec.get("points") or [{}])]
+    for p in raw_points:  # file references made absolute: every process imports the same file
+        if "optimizer.name" in p:
+            p["optimizer.name"] = optimizers.canonical(p["optimizer.name"])
     seeds = spec.get("seeds")
     if seeds is not None:
         if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
@@ -561,13 +581,39 @@ def resolve(spec: Mapping[str, Any], sweep_file: str | Path | None = None) -> Pl
         args = tuple(f"--config.{f}={command_value(v)}" for f, v in given.items())
         points.append(Point(index=index, name=name, group=group,
                             values={f: _get(cfg, f) for f in fields}, overrides=given,
-                            args=args, steps=int(cfg.steps), seed=int(cfg.seed)))
+                            args=args, steps=int(cfg.steps), seed=int(cfg.seed),
+                            hparams=resolved_hparams(cfg)))
+    notes = hparam_notes(file_optimizer, [cfg for _, _, cfg in point_cfgs])
 
     title = spec.get("name") or (sweep_file.stem if sweep_file else Path(config_path).stem)
     return Plan(name=str(title), sweep_file=str(sweep_file) if sweep_file else None,
                 config=str(config_path) + (f":{config_extra}" if config_extra else ""),
                 overrides=overrides, fields=fields, group_by=list(group_by), tune=list(tune),
-                metric=metric, goal=goal, heatmaps=[list(h) for h in heatmaps], points=points)
+                metric=metric, goal=goal, heatmaps=[list(h) for h in heatmaps], points=points,
+                notes=notes)
+
+
+def resolved_hparams(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The optimizer block a point runs with, JSON-safe (tuples as lists)."""
+    return json.loads(json.dumps(cfg.optimizer.to_dict(), default=str))
+
+
+def hparam_notes(file_optimizer: ml_collections.ConfigDict,
+                 cfgs: Sequence[ml_collections.ConfigDict]) -> list[str]:
+    """One line per (optimizer, hparam, value) that differs from the base config file's
+    same-named value, e.g. "adam points run b2 = 0.999; the base config has 0.95"."""
+    from optaxlab.train import optim
+
+    seen: dict[tuple[str, str, str], None] = {}
+    for cfg in cfgs:
+        opt = cfg.optimizer
+        for key, value in opt.items():
+            if key in optim.RESERVED or key not in file_optimizer:
+                continue
+            if file_optimizer[key] != value:
+                seen[(str(opt.name), key, repr(value))] = None
+    return [f"{format_value(name)} points run {key} = {value}; the base config has "
+            f"{file_optimizer[key]!r}" for name, key, value in seen]
 
 
 # ---------------------------------------------------------------------------------------------

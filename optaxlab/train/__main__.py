@@ -2,10 +2,13 @@
 
 Any config field can be overridden, e.g. --config.steps=200 --config.optimizer.name=signum
 --config.optimizer.learning_rate=3e-4 --config.seed=1 --config.checkpoint_every=50.
-Switching --config.optimizer.name starts from that optimizer's registry defaults (hparams the
-config file set away from its own optimizer's defaults carry over when the new one has them);
---config.optimizer.<hparam>=V then sets any of its hparams. A workdir that already holds a
-checkpoint is resumed; --restart moves an old run aside instead.
+Switching --config.optimizer.name starts from that optimizer's registry defaults (the config
+file's hparam values apply only when its optimizer is the same one; nothing carries over between
+optimizers, and every hparam that differs from the file's same-named value is logged);
+--config.optimizer.<hparam>=V then sets any of its hparams. The name may be a reference to an
+optimizer of one's own: --config.optimizer.name=path/to/file.py:factory or package.module:factory
+(docs/own_optimizer.md). --config lm_tiny names a shipped config (configs/lm_tiny.py).
+A workdir that already holds a checkpoint is resumed; --restart moves an old run aside instead.
 
 Exit codes (optaxlab.train.errors): 0 finished or preempted (SIGTERM; checkpoint saved),
 1 internal error (a bug; traceback), 2 bad config / bad data / checkpoint incompatible with the
@@ -127,11 +130,25 @@ def _unknown_field(argv: list[str], key: str) -> str | None:
 _NONE_OVERRIDES: list[str] = []
 
 
+def _shipped_config(argv: list[str]) -> list[str]:
+    """`--config lm_tiny` (a name, not a file) -> the shipped configs/lm_tiny.py."""
+    from optaxlab.train.config import config_file
+
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a == "--config" and i + 1 < len(out):
+            out[i + 1] = config_file(out[i + 1])
+        elif a.startswith("--config="):
+            out[i] = "--config=" + config_file(a[len("--config="):])
+    return out
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with every error as one line and exit code 2."""
     _NONE_OVERRIDES[:] = [a[len("--config."):-len("=None")] for a in argv
                           if a.startswith("--config.") and a.endswith("=None")]
     argv = [a for a in argv if not (a.startswith("--config.") and a.endswith("=None"))]
+    argv = _shipped_config(argv)
     try:
         return FLAGS(argv)
     except flags.Error as e:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import typing
 from typing import Any, NamedTuple
 
 import ml_collections
@@ -115,7 +114,9 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
 def check_optimizer(opt_cfg) -> dict[str, Any]:
     """The registry hparams of `opt_cfg`, after the registry accepted them with the peak
     learning rate; its ValueError becomes a ConfigError under config.optimizer."""
-    name = opt_cfg.get("name")
+    name = optimizers.canonical(opt_cfg.get("name"))
+    if name != opt_cfg.get("name"):
+        opt_cfg.name = name  # config.json records the absolute reference
     hparams = optim.optimizer_hparams(opt_cfg)
     try:
         optimizers.create(name, opt_cfg.get("learning_rate"), **hparams)
@@ -211,31 +212,29 @@ def _check_profile(config) -> None:
 _NOT_IN_CONFIG = ("mask",)
 
 
-def _field_type(name: str, key: str) -> type:
-    """The type a None-default hparam's config field takes, from the registry's signature
-    (`float | None` -> float, a scalar-or-schedule -> float); str when the signature does not
-    say."""
-    hint = typing.get_type_hints(optimizers.get(name)).get(key)
-    args = [a for a in typing.get_args(hint) if a is not type(None)] if hint else []
-    if len(args) == 1 and args[0] in (int, float, str, bool):
-        return args[0]
-    return float if float in args else str
-
-
 def optimizer_config(name: str, learning_rate: float, **overrides) -> ml_collections.ConfigDict:
     """A `config.optimizer` block: name, learning_rate, the schedule fields and every hparam of
     the registry entry (its defaults, updated with `overrides`; the registry checks them when
-    the config is validated)."""
-    if name not in optimizers.names():
+    the config is validated). `name` may be a reference `package.module:factory` or
+    `path/to/file.py:factory` (its file made absolute, so every process imports the same one)."""
+    name = optimizers.canonical(name)
+    if not (isinstance(name, str) and ":" in name) and name not in optimizers.names():
         raise ConfigError(f"config.optimizer.name: {name!r} is not a registered optimizer; "
-                          f"valid: {', '.join(optimizers.names())}")
+                          f"valid: {', '.join(optimizers.names())} (or a reference "
+                          "package.module:factory or path/to/file.py:factory)")
+    try:
+        entry = optimizers.entry(name)
+    except ValueError as e:
+        raise ConfigError(f"config.optimizer.name: {str(e).splitlines()[0]}") from None
     block: dict[str, Any] = dict(name=name, learning_rate=learning_rate, schedule="cosine",
                                  warmup_fraction=0.1, lr_floor=0.1)
-    for key, value in optimizers.hparams(name).items():
+    for key, value in entry.defaults.items():
         if key in _NOT_IN_CONFIG:
             continue
         if value is None:
-            value = ml_collections.FieldReference(None, field_type=_field_type(name, key))
+            kind = entry.types.get(key)
+            value = ml_collections.FieldReference(
+                None, field_type=kind if kind in (int, float, str, bool) else str)
         block[key] = value
     block.update(overrides)
     return ml_collections.ConfigDict(block)
@@ -243,32 +242,43 @@ def optimizer_config(name: str, learning_rate: float, **overrides) -> ml_collect
 
 def switch_optimizer(opt_cfg, name: str, explicit: dict[str, Any] | None = None
                      ) -> ml_collections.ConfigDict:
-    """`opt_cfg` rebuilt for optimizer `name` (e.g. after --config.optimizer.name=signum).
+    """`opt_cfg` (the config file's block) rebuilt for optimizer `name`
+    (e.g. after --config.optimizer.name=signum).
 
-    The new block has the registry defaults of `name`, the schedule fields of `opt_cfg`, the
-    hparams `opt_cfg` had set away from its own optimizer's defaults when `name` has them too
-    (e.g. weight_decay=0.1), and finally `explicit` (fields given on the command line; the
-    registry rejects those `name` does not have when the config is validated).
+    The rule for a run's optimizer hparams, in order:
+      1. the registry defaults of `name`;
+      2. the config file's hparam values, only if the file's optimizer *is* `name`;
+      3. `explicit` (fields given on the command line or by a sweep point).
+    No hparam carries over from another optimizer because it happens to share a name (the
+    schedule fields, which are the trainer's, always come from the file). Every hparam whose
+    value then differs from the file's same-named value is logged (`hparam_differences`).
     """
-    old_name = opt_cfg.get("name")
-    old_defaults = optimizers.hparams(old_name) if old_name in optimizers.names() else {}
+    name = optimizers.canonical(name)
+    same = optimizers.canonical(opt_cfg.get("name")) == name
     schedule = {k: opt_cfg[k] for k in optim.RESERVED if k in opt_cfg and k != "name"}
     new = optimizer_config(name, schedule.pop("learning_rate"), **schedule)
-    carried, dropped = [], []
-    for key, value in opt_cfg.items():
-        if key in optim.RESERVED or (key in old_defaults and value == old_defaults[key]):
-            continue
-        if key in new:
-            new[key] = value
-            carried.append(f"{key}={value!r}")
-        else:
-            dropped.append(f"{key}={value!r}")
+    if same:
+        for key, value in opt_cfg.items():
+            if key not in optim.RESERVED and key in new:
+                new[key] = value
     for key, value in (explicit or {}).items():
         new[key] = value
-    if carried or dropped:
-        log.info("optimizer %s -> %s: kept %s; not applicable: %s", old_name, name,
-                 ", ".join(carried) or "-", ", ".join(dropped) or "-")
+    diffs = hparam_differences(opt_cfg, new)
+    if diffs:
+        log.info("optimizer %s: %s", name, "; ".join(diffs))
     return new
+
+
+def hparam_differences(file_opt, opt) -> list[str]:
+    """Each hparam of block `opt` whose value differs from the same-named field of the config
+    file's block `file_opt`, as "b2 = 0.999 (the config file has 0.95)"."""
+    out = []
+    for key, value in opt.items():
+        if key in optim.RESERVED or key not in file_opt:
+            continue
+        if file_opt[key] != value:
+            out.append(f"{key} = {value!r} (the config file has {file_opt[key]!r})")
+    return out
 
 
 def data_config(name: str, **overrides) -> ml_collections.ConfigDict:
@@ -316,3 +326,16 @@ def unknown_field_message(config, path: str) -> str:
     where = ".".join(["config", *parents])
     valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "-"
     return f"config.{path}: unknown field; valid fields of {where}: {valid}"
+
+
+def config_file(arg: str) -> str:
+    """The config file `--config ARG` names: ARG itself if it is a file (a `:extra` suffix kept),
+    else, for a bare name such as `lm_tiny`, the shipped config of that name (`configs/NAME.py`
+    next to the package); ARG unchanged when there is none (the loader then reports it)."""
+    from pathlib import Path
+
+    file, sep, extra = arg.partition(":")
+    if Path(file).is_file() or "/" in file or file.endswith(".py"):
+        return arg
+    shipped = Path(__file__).resolve().parents[2] / "configs" / f"{file}.py"
+    return f"{shipped}{sep}{extra}" if shipped.is_file() else arg

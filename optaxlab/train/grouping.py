@@ -44,7 +44,7 @@ def traced_hparams(config) -> dict[str, float | int]:
     opt_cfg = config.optimizer
     static = set(optimizers.static_hparams(opt_cfg.name))
     if config.monitor.get("every", 0):
-        static |= set(MONITOR_CONSTANTS)
+        static |= set(MONITOR_CONSTANTS) | optimizers.theory_hparams(opt_cfg.name)
     types = optimizers.hparam_types(opt_cfg.name)
     out: dict[str, float | int] = {}
     for key, value in optim.optimizer_hparams(opt_cfg).items():
@@ -78,7 +78,9 @@ def groupable(config) -> str | None:
         config_lib.validate(config, num_devices=1)
     except ConfigError as e:
         return f"{errors.one_line(e)} (a group member runs on one device)"
-    return None
+    # A user's factory that cannot take its numeric hparams traced runs solo (one-line note).
+    return optimizers.untraceable(config.optimizer.name, optim.optimizer_hparams(
+        config.optimizer), list(traced_hparams(config)))
 
 
 def group_name(names: Sequence[str]) -> str:

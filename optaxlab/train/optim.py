@@ -87,14 +87,6 @@ def learning_rate(opt_state) -> jax.Array:
     raise ValueError("no inject_hyperparams state with a learning_rate in the optimizer state")
 
 
-def first_moment_decay(opt_cfg) -> float | None:
-    """b1 of a bias-corrected Adam (adam, adamw), for the monitor's bias-corrected spread."""
-    hp = optimizer_hparams(opt_cfg)
-    if opt_cfg.name in ("adam", "adamw") and hp.get("bias_correction", True) and "b1" in hp:
-        return float(hp["b1"])
-    return None
-
-
 def second_moment_decay(opt_cfg) -> float | None:
     """b2 of the optimizer (or `beta` of adam_equal_betas); None without a second moment."""
     hp = optimizer_hparams(opt_cfg)

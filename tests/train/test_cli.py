@@ -89,7 +89,9 @@ def test_cli_lm_with_optimizer_switch_and_monitor(tmp_path):
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     cfg = json.loads((workdir / "config.json").read_text())
     assert cfg["optimizer"]["name"] == "signum" and cfg["optimizer"]["beta"] == 0.8
-    assert cfg["optimizer"]["max_norm"] == 1.0  # lm_tiny's clip carried over to signum
+    # signum's registry default: nothing carries over from lm_tiny's Adam block (issue 20)
+    assert cfg["optimizer"]["max_norm"] is None
+    assert "max_norm = None (the config file has 1.0)" in proc.stderr
     assert "b2" not in cfg["optimizer"] and cfg["seed"] == 1
     assert status(workdir)["status"] == "finished" and status(workdir)["exit_code"] == 0
     assert not (workdir / ".lock").exists()

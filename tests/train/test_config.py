@@ -141,12 +141,17 @@ def test_train_rejects_bad_config_before_touching_workdir(tmp_path, fields, patt
     assert not workdir.exists()
 
 
-def test_switch_optimizer_keeps_customized_hparams():
+def test_switch_optimizer_starts_from_the_new_optimizers_defaults():
+    """Issue 20's rule: registry defaults, then the file's values only for the same optimizer,
+    then the explicit ones; no carry-over between optimizers by a shared keyword."""
     c = load_config("lm_small")  # adamw, b2=0.95, weight_decay=0.1, max_norm=1.0
     new = config_lib.switch_optimizer(c.optimizer, "signum", {"beta": 0.8})
     assert new.name == "signum" and new.beta == 0.8
-    assert new.weight_decay == 0.1 and new.max_norm == 1.0  # customized, and signum has them
+    defaults = optimizers.hparams("signum")
+    assert (new.weight_decay, new.max_norm) == (defaults["weight_decay"], defaults["max_norm"])
     assert "b2" not in new  # adamw-only
+    same = config_lib.switch_optimizer(c.optimizer, "adamw", {})
+    assert (same.b2, same.weight_decay, same.max_norm) == (0.95, 0.1, 1.0)
     assert new.learning_rate == c.optimizer.learning_rate
     assert new.warmup_fraction == c.optimizer.warmup_fraction
     # a hparam the new optimizer lacks is the registry's to refuse, at validation
