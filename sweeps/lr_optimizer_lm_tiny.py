@@ -19,7 +19,8 @@ def get_sweep():
         product({"optimizer.name": ["adam"],
                  "optimizer.learning_rate": log_grid(1e-3, 1e-1, per_decade=2)})
         + product({"optimizer.name": ["signum"],
-                   "optimizer.learning_rate": log_grid(1e-4, 1e-2, per_decade=2)})
+                   "optimizer.learning_rate": log_grid(1e-4, 1e-2, per_decade=2),
+                   "optimizer.max_norm": [1.0]})  # lm_tiny's clip, as Adam has it
     )
     return sweep(
         config="configs/lm_tiny.py",

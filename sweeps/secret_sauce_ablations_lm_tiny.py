@@ -18,7 +18,8 @@ from optaxlab.sweep import sweep
 ADAM = {"optimizer.name": "adam", "optimizer.learning_rate": 3.16e-3, "optimizer.b1": 0.95,
         "optimizer.b2": 0.95}
 MOLLIFIER = {"optimizer.name": "signum_fixed_mollifier", "optimizer.learning_rate": 1e-3,
-             "optimizer.beta": 0.9, "optimizer.variance": 1e-8}
+             "optimizer.beta": 0.9, "optimizer.variance": 1e-8,
+             "optimizer.max_norm": 1.0}  # as it ran: lm_tiny's clip (not its registry default)
 
 
 def get_sweep():
