@@ -49,6 +49,18 @@ CURVES = {"adam": {1e-3: 3.0, 3e-3: 2.5, 1e-2: 2.7}, "signum": {1e-3: 2.505, 3e-
                                                                  1e-2: 2.8}}
 
 
+
+def clear_point(wd: Path) -> None:
+    """Remove what fake_point wrote, so it can write the point again."""
+    for name in ("metrics.jsonl", "checkpoints", "outcome.json", "exit_code", "train.log"):
+        path = wd / name
+        if path.is_dir():
+            (path / str(STEPS)).rmdir()
+            path.rmdir()
+        else:
+            path.unlink()
+
+
 @pytest.fixture
 def grid_sweep(tmp_path):
     plan = resolve(sweep(config="configs/lm_tiny.py", overrides={"steps": STEPS},
@@ -119,13 +131,7 @@ def test_ranking_separates_groups_beyond_the_seed_spread(grid_sweep):
     plan, root = grid_sweep
     for seed in range(3):  # signum's best 0.1 behind adam: far beyond 2 standard errors
         wd = root / "points" / f"optimizer=signum,lr=0.001,seed={seed}"
-        for name in ("metrics.jsonl", "checkpoints", "outcome.json", "exit_code", "train.log"):
-            path = wd / name
-            if path.is_dir():
-                (path / str(STEPS)).rmdir()
-                path.rmdir()
-            else:
-                path.unlink()
+        clear_point(wd)
         fake_point(wd, 2.6 + OFFSETS[seed])
     text = write_report(root, plots=False, quiet=True)["summary"].read_text()
     assert "indistinguishable" not in text.lower()
@@ -167,13 +173,7 @@ def test_a_blown_up_point_does_not_flatten_the_tuning_curves(grid_sweep, monkeyp
 
     plan, root = grid_sweep
     wd = root / "points" / "optimizer=adam,lr=0.01,seed=0"
-    for name in ("metrics.jsonl", "checkpoints", "outcome.json", "exit_code", "train.log"):
-        path = wd / name
-        if path.is_dir():
-            (path / str(STEPS)).rmdir()
-            path.rmdir()
-        else:
-            path.unlink()
+    clear_point(wd)
     fake_point(wd, 500.0)  # (the Adam at lr 100 of the comparisons issue: 1.4e5)
     limits = []
     close = plots.plt.close
