@@ -225,6 +225,16 @@ def _references(doc: str) -> str:
     return " ".join(text.split())
 
 
+def _checked(sig: inspect.Signature, rules: dict[str, Any], args, kwargs) -> dict[str, Any]:
+    """The call's arguments bound to `sig` with defaults, each value checked by its rule."""
+    bound = sig.bind(*args, **kwargs)
+    bound.apply_defaults()
+    for key, value in bound.arguments.items():
+        if rules.get(key) is not None:
+            rules[key](key, value)
+    return bound.arguments
+
+
 def _with_common(fn, common: dict[str, Any], rules: dict[str, Any]):
     """The full factory of a direction `fn(**own)`: f(learning_rate, **own, **common) validates
     every value once (`rules`) and builds [raw-gradient steps] -> direction -> decoupled decay
@@ -236,12 +246,7 @@ def _with_common(fn, common: dict[str, Any], rules: dict[str, Any]):
 
     @functools.wraps(fn)
     def factory(*args, **kwargs):
-        bound = sig.bind(*args, **kwargs)
-        bound.apply_defaults()
-        v = bound.arguments
-        for key, value in v.items():
-            if rules.get(key) is not None:
-                rules[key](key, value)
+        v = _checked(sig, rules, args, kwargs)
         direction = fn(**{k: v[k] for k in own})
         return float32_scalars(_chain(list(direction), v["learning_rate"], v["weight_decay"],
                                     v["mask"], v["max_norm"], v["coordinate_clip"],
@@ -265,12 +270,7 @@ def _with_pre(fn, pre: dict[str, Any], rules: dict[str, Any]):
 
     @functools.wraps(fn)
     def factory(*args, **kwargs):
-        bound = sig.bind(*args, **kwargs)
-        bound.apply_defaults()
-        v = bound.arguments
-        for key, value in v.items():
-            if rules.get(key) is not None:
-                rules[key](key, value)
+        v = _checked(sig, rules, args, kwargs)
         tx = fn(**{k: v[k] for k in own})
         return float32_scalars(_wrap(tx, v["max_norm"], v["coordinate_clip"],
                                    v["coupled_weight_decay"], v.get("mask")))
