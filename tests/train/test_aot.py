@@ -67,6 +67,8 @@ ENTRY %main {
   %ags = (bf16[512,128]{0,1}, bf16[512,1024]{0,1}) all-gather-start(%p), replica_groups=mesh['x'=8] {'x'}, dimensions={1}
   %agd = bf16[512,1024]{0,1} all-gather-done(%ags)
   %rs = f32[64,16]{1,0} reduce-scatter(%g), replica_groups={{0,1,2,3},{4,5,6,7}}, dimensions={0}
+  %rss = ((f32[64,64]{1,0}, f32[64,8]{1,0}), (f32[8,64]{1,0}, f32[8,8]{1,0})) reduce-scatter-start(%g, %h), channel_id=9, replica_groups=mesh['x'=8] {'x'}, dimensions={0}
+  %rsd = (f32[8,64]{1,0}, f32[8,8]{1,0}) reduce-scatter-done(%rss)
   %ar = f32[1000]{0} all-reduce-start(%x), replica_groups={}, to_apply=%add
   %ard = f32[1000]{0} all-reduce-done(%ar)
   ROOT %a2a = (f32[8,16]{1,0}, f32[8,16]{1,0}) all-to-all(%u, %v), replica_groups={{0,1,2,3,4,5,6,7}}
@@ -79,7 +81,8 @@ def test_collective_bytes_by_kind():
     by_kind, largest = aot.collective_bytes(HLO, num_devices=8)
     full = 512 * 1024 * 2  # the gathered buffer, for both the sync and the async form
     assert by_kind["all-gather"] == pytest.approx(3 * full)  # channel 7 counted once
-    assert by_kind["reduce-scatter"] == 64 * 16 * 4 * 4  # result x group of 4
+    # sync: result x group of 4; async (GPU) start: (operands, outputs), the operands count
+    assert by_kind["reduce-scatter"] == pytest.approx(64 * 16 * 4 * 4 + (64 * 64 + 64 * 8) * 4)
     assert by_kind["all-reduce"] == 4000  # -done halves not counted again
     assert by_kind["all-to-all"] == 2 * 8 * 16 * 4
     assert by_kind["collective-permute"] == 20
@@ -146,11 +149,23 @@ def test_oom_message_bytes():
 
 def test_advice_names_settings_that_fit():
     c = _lm_tiny(batch_size=64)
-    tips = aot.advice(c, (1, 8, 1), total=30e9, temp=28e9, param_bytes=1e8, capacity=16e9)
-    assert any("grad_accum_steps=" in t for t in tips)
-    assert any("remat" in t for t in tips)
+    opts = aot.advice(c, (1, 8, 1), total=30e9, temp=28e9, param_bytes=1e8, capacity=16e9)
+    texts = [o["text"] for o in opts]
+    assert any("grad_accum_steps=" in t for t in texts)
+    assert any("remat" in t for t in texts)
+    for o in opts:  # each estimate is below the compiled total and says whether it fits
+        assert o["estimate"] < 30e9 and o["fits"] == (o["estimate"] <= 16e9)
+    flags = aot.advised(opts)
+    assert flags and not any("batch_size" in f for f in flags)  # keeps the experiment
     assert aot.advice(c, (1, 8, 1), total=10e9, temp=8e9, param_bytes=1e8,
                       capacity=16e9) == []
+
+
+def test_advised_is_none_when_nothing_fits():
+    c = _lm_tiny(batch_size=8)  # 1 sequence per device: no accumulation possible
+    opts = aot.advice(c, (1, 8, 1), total=60e9, temp=10e9, param_bytes=4e10, capacity=16e9)
+    assert aot.advised(opts) is None
+    assert any("shard them over more devices" in o["text"] for o in opts)
 
 
 def test_model_flops_per_step_is_the_formula():
@@ -240,6 +255,11 @@ def test_aot_compiles_lm_tiny(target):
     if hardware.target(target).devices > 1:
         assert sum(r["collective_bytes_per_step"].values()) > 0
         assert r["collective_floor_bytes"] > 0
+        moved = r["collective_bytes_per_step"]
+        floor = r["collective_floor_by_kind"]
+        # fsdp over all devices: the gradient is reduce-scattered (GPU: an async
+        # reduce-scatter-start, TPU: reduce-scatter fusions) about once.
+        assert moved["reduce-scatter"] >= 0.5 * floor["reduce-scatter"]
 
 
 @pytest.mark.aot
