@@ -16,9 +16,9 @@ keeps per token and layer, from the model's code (optaxlab.models.transformer):
     head                   8 V (once)            float32 logits and softmax
 
 (d = d_model, h = MLP width, H = heads, T = sequence length, V = vocabulary, c = bytes of the
-compute dtype). With 'cudnn' (flash) attention, which the model offers on NVIDIA GPUs, the
-T x T term is not kept; the report shows both. (The trainer does not rematerialize blocks, so
-there is no remat column.) Per device: parameters, gradients and optimizer state are split over
+compute dtype). With flash attention ('cudnn' on NVIDIA GPUs, 'splash' on TPUs; what
+'auto' picks there) the T x T term is not kept; the report shows both. `model.remat` and
+`model.logits_chunk` shrink the kept activations (see `activation_bytes_per_token`). Per device: parameters, gradients and optimizer state are split over
 fsdp x tensor, activations over the batch shards (data x fsdp) and, for the attention and MLP
 terms, tensor. `--compile` also compiles the real train step for one device
 at the per-device batch and prints XLA's own memory analysis (slow for big models);
@@ -61,17 +61,46 @@ def optimizer_state_bytes(opt_cfg, params, steps: int) -> int:
     return tree_bytes(jax.eval_shape(tx.init, params))
 
 
+FLASH = ("cudnn", "splash")  # fused attention: no T x T scores kept
+
+
+def attention_kind(model_cfg, platform: str | None = None) -> str:
+    """The attention implementation the model runs on `platform` ('gpu', 'tpu', 'cpu'; default:
+    this process's backend): 'auto' resolved as the model resolves it (cuDNN on GPU for bf16,
+    splash on TPU, einsum elsewhere)."""
+    impl = model_cfg.attention_impl
+    if impl != "auto":
+        return impl
+    platform = platform or jax.default_backend()
+    if platform in ("gpu", "cuda"):
+        return "cudnn" if model_cfg.compute_dtype == "bfloat16" else "xla"
+    return "splash" if platform == "tpu" else "einsum"
+
+
 def activation_bytes_per_token(model_cfg, seq_len: int, tensor: int = 1,
-                               flash: bool | None = None) -> float:
+                               flash: bool | None = None, platform: str | None = None
+                               ) -> float:
     """Bytes the backward pass keeps per token of a transformer LM (see the module docstring);
-    `flash`: without the T x T attention term (default: as the model is configured)."""
+    `flash`: without the T x T attention term (default: as the model runs on `platform`).
+    `model.remat`: 'dots' keeps the dense layers' outputs, c (5 d + 2 h), and the float32 norm
+    inputs; 'block' keeps each block's float32 input, 4 d, and one block's activations.
+    `model.logits_chunk` = k: the head's float32 logits for k positions at a time."""
     d, layers, heads = model_cfg.d_model, model_cfg.n_layers, model_cfg.n_heads
     c = _BYTES[model_cfg.compute_dtype]
     h = mlp_hidden_dim(d, model_cfg.mlp_ratio)
-    flash = model_cfg.attention_impl == "cudnn" if flash is None else flash
+    if flash is None:
+        flash = attention_kind(model_cfg, platform) in FLASH
     attention = 0.0 if flash else (4 + c) * heads * seq_len
     block = c * 5 * d + 8 * d + (c * (2 * d + 4 * h) + attention) / tensor
-    return layers * block + 8 * model_cfg.vocab_size / tensor + c * d
+    remat = model_cfg.get("remat", "none")
+    if remat == "dots":
+        kept = layers * (8 * d + c * (5 * d + 2 * h) / tensor) + block
+    elif remat == "block":
+        kept = layers * 4 * d + block
+    else:
+        kept = layers * block
+    chunk = model_cfg.get("logits_chunk", 0) or seq_len
+    return kept + 8 * model_cfg.vocab_size * min(chunk, seq_len) / seq_len / tensor + c * d
 
 
 class Estimate(NamedTuple):
@@ -98,9 +127,9 @@ class Estimate(NamedTuple):
 
 
 def estimate(config, *, devices: int, optimizer: str | None = None,
-             name: str = "config") -> Estimate:
+             name: str = "config", platform: str | None = None) -> Estimate:
     """The memory estimate of a training config on `devices` devices (its mesh resolved for
-    that many)."""
+    that many) of `platform` ('gpu', 'tpu', 'cpu'; default: this process's backend)."""
     if optimizer is not None and optimizer != config.optimizer.name:
         config.optimizer = config_lib.switch_optimizer(config.optimizer, optimizer)
     mesh = config_lib.validate(config, num_devices=devices).mesh_shape
@@ -113,9 +142,11 @@ def estimate(config, *, devices: int, optimizer: str | None = None,
     batch = config.batch_size / (data * fsdp)
     acts = {}
     if config.model.name == "transformer":
-        kinds = {f"attention={config.model.attention_impl}": None}
-        if config.model.attention_impl != "cudnn":
-            kinds["attention=cudnn (flash, NVIDIA GPUs)"] = True
+        impl = attention_kind(config.model, platform)
+        shown = impl if impl == config.model.attention_impl else f"auto -> {impl}"
+        kinds = {f"attention={shown}": impl in FLASH}
+        if impl not in FLASH:
+            kinds["attention=cudnn / splash (flash: NVIDIA GPUs, TPUs)"] = True
         for kind, flash in kinds.items():
             per_token = activation_bytes_per_token(config.model, config.seq_len, tensor, flash)
             acts[kind] = batch * config.seq_len * per_token
@@ -254,7 +285,13 @@ def main(argv):
 
     name = config_flags.get_config_filename(f["config"]).rsplit("/", 1)[-1].removesuffix(".py")
     try:
-        est = estimate(config, devices=devices, optimizer=f.optimizer, name=name)
+        platform = None
+        if f.target:
+            from optaxlab.train import hardware
+
+            platform = hardware.target(f.target).platform
+        est = estimate(config, devices=devices, optimizer=f.optimizer, name=name,
+                       platform=platform)
     except ValueError as e:
         raise SystemExit(f"error: {str(e).splitlines()[0]}") from None
     print(report(est, config))

@@ -244,7 +244,7 @@ def _needs(target):
 
 
 @pytest.mark.aot
-@pytest.mark.parametrize("target", ["v5e-8", "v4-8", "h100-8", "h100-1"])
+@pytest.mark.parametrize("target", list(hardware.TARGETS))
 def test_aot_compiles_lm_tiny(target):
     _needs(target)
     c = _lm_tiny(batch_size=16)

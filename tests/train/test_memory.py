@@ -64,6 +64,37 @@ def test_activation_estimate_scales_with_batch_sequence_and_sharding():
     assert 0 < memory.max_batch(est, 80, list(est.activations)[1]) < 256
 
 
+
+def test_auto_attention_is_resolved_per_platform():
+    m = load_config("lm_160m").model  # bf16 compute, attention 'auto'
+    assert m.attention_impl == "auto"
+    assert memory.attention_kind(m, "gpu") == "cudnn"
+    assert memory.attention_kind(m, "tpu") == "splash"
+    assert memory.attention_kind(m, "cpu") == "einsum"
+    seq = 2048
+    tpu = memory.activation_bytes_per_token(m, seq, platform="tpu")
+    assert tpu == memory.activation_bytes_per_token(m, seq, flash=True)
+    assert memory.activation_bytes_per_token(m, seq, platform="cpu") > tpu
+    est = memory.estimate(load_config("lm_160m"), devices=8, platform="tpu")
+    assert list(est.activations) == ["attention=auto -> splash"]
+
+
+def test_remat_and_logits_chunk_shrink_the_kept_activations():
+    m = load_config("lm_160m").model
+    seq = 2048
+    full = memory.activation_bytes_per_token(m, seq, flash=True)
+    m.remat = "dots"
+    dots = memory.activation_bytes_per_token(m, seq, flash=True)
+    m.remat = "block"
+    block = memory.activation_bytes_per_token(m, seq, flash=True)
+    assert block < dots < full
+    m.vocab_size = 50304
+    whole = memory.activation_bytes_per_token(m, seq, flash=True)
+    m.logits_chunk = 512
+    chunked = memory.activation_bytes_per_token(m, seq, flash=True)
+    assert whole - chunked == 8 * 50304 * (1 - 512 / seq)  # float32 logits + their gradient
+
+
 def test_memory_command(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "optaxlab.train.memory", "--config", "configs/lm_160m.py",
