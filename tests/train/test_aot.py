@@ -112,10 +112,10 @@ def test_collective_bytes_of_a_real_cpu_compile():
 def test_collective_floor_fsdp_and_data():
     p = 4e8  # float32 bytes of the parameters
     f = aot.collective_floor(p, (1, 8, 1), compute_bytes_per_param=2)
-    assert f == {"all-gather": 2e8, "reduce-scatter": 4e8, "all-reduce": 0.0}
+    assert f == {"all-gather": 2e8, "reduce-scatter": 2e8, "all-reduce": 0.0}  # bf16 both
     f = aot.collective_floor(p, (2, 4, 1), compute_bytes_per_param=4)
     assert f["all-gather"] == 4e8 and f["all-reduce"] == 1e8
-    assert sum(aot.collective_floor(p, (8, 1, 1)).values()) == p  # plain data parallel
+    assert sum(aot.collective_floor(p, (8, 1, 1), 4).values()) == p  # plain data parallel
 
 
 def test_step_floor_and_mfu_ceiling():
