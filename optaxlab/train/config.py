@@ -153,6 +153,7 @@ def validate(config, *, num_devices: int) -> Plan:
     except ValueError as e:
         raise ConfigError(f"config.{e}") from None
 
+    _check_data_fields(config.data)
     model_name = config.model.get("name")
     if model_name in LM_MODELS:
         task = "lm"
@@ -194,6 +195,20 @@ def validate(config, *, num_devices: int) -> Plan:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return Plan(mesh_shape=shape, task=task, optimizer_hparams=hparams)
+
+
+# Data fields that only some data.name values read (a set field the chosen source ignores is a
+# mistake, e.g. data.path with the default stdlib_text corpus).
+_DATA_FIELD_READERS = {"path": ("memmap", "cifar10"), "dtype": ("memmap",)}
+
+
+def _check_data_fields(data_cfg) -> None:
+    """A data field set while the chosen data.name does not read it is an error."""
+    name = data_cfg.get("name")
+    for field, readers in _DATA_FIELD_READERS.items():
+        if data_cfg.get(field) is not None and name not in readers:
+            _fail(f"data.{field}", f"{data_cfg.get(field)!r} is ignored by data.name={name!r}; "
+                  f"data.{field} is read only by data.name in {readers}")
 
 
 def _check_profile(config) -> None:

@@ -3,6 +3,7 @@ workdir is touched; unknown fields are refused by ml_collections' key locking; t
 registry is the one judge of optimizer names, hparams and values; shipped configs validate."""
 
 import importlib.util
+import re
 from pathlib import Path
 
 import ml_collections
@@ -173,3 +174,14 @@ def test_optimizer_config_has_every_registry_hparam_with_a_settable_type():
     with pytest.raises(TypeError):
         block.max_norm = "big"
     assert isinstance(block, ml_collections.ConfigDict)
+
+
+@pytest.mark.parametrize(("fields", "pattern"), [
+    ({"data.path": "/tmp/x"}, r"^config\.data\.path: '/tmp/x' is ignored by "
+     r"data\.name='stdlib_text'; "
+     r"data\.path is read only by data\.name in \('memmap', 'cifar10'\)$"),
+    ({"data.dtype": "uint8"}, r"^config\.data\.dtype: 'uint8' is ignored by "
+     r"data\.name='stdlib_text'.*'memmap'"),
+])
+def test_data_field_the_source_ignores_is_an_error(fields, pattern):
+    assert re.match(pattern, _rejected(**fields))
