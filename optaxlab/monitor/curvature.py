@@ -129,3 +129,30 @@ def adam_stability_threshold(learning_rate: float, b1: float) -> float:
     """(2 + 2 b1) / ((1 - b1) lr): where full-batch Adam's preconditioned sharpness settles
     (Cohen et al., 2022); 38 / lr at b1 = 0.9."""
     return (2.0 + 2.0 * b1) / ((1.0 - b1) * learning_rate)
+
+
+def sharpness_scalars(loss_fn: Callable[[Any], jax.Array], params, nu, count, *,
+                      learning_rate: float, b1: float, b2: float, eps: float,
+                      iters: int = 20, key: jax.Array | None = None) -> dict[str, jax.Array]:
+    """The sharpness instrument's TensorBoard scalars for an Adam-type optimizer.
+
+    Args:
+      loss_fn: params -> scalar loss on a fixed batch.
+      params: the point at which H is taken.
+      nu: the optimizer's second moment (same tree as params); count: its step count.
+      learning_rate, b1, b2, eps: the optimizer's hyperparameters.
+      iters: Lanczos iterations; key: its start vector's key.
+
+    Returns:
+      {'sharpness/lambda_max': lambda_max(H),
+       'sharpness/precond_lambda_max': lambda_max(P^-1 H) with P = sqrt(v_hat) + eps,
+       'sharpness/adam_threshold': (2 + 2 b1) / ((1 - b1) lr)}.
+    """
+    precond = adam_preconditioner(nu, count, b2=b2, eps=eps)
+    return {
+        "sharpness/lambda_max": sharpness(loss_fn, params, iters=iters, key=key),
+        "sharpness/precond_lambda_max": sharpness(loss_fn, params, precond=precond,
+                                                  iters=iters, key=key),
+        "sharpness/adam_threshold": jnp.asarray(adam_stability_threshold(learning_rate, b1),
+                                                jnp.float32),
+    }

@@ -88,3 +88,26 @@ def test_small_network_against_the_explicit_hessian():
     want = np.linalg.eigvalsh(h)
     ritz = np.asarray(curvature.lanczos(loss, params, iters=12))
     assert abs(ritz[-1] - want[-1]) / want[-1] < 1e-4
+
+
+def test_sharpness_scalars_on_a_dense_quadratic_match_closed_forms():
+    """Tags and values: lambda_max(H), lambda_max(P^-1 H) with P = sqrt(nu / (1 - b2^t)) + eps,
+    and (2 + 2 b1) / ((1 - b1) lr), all to 1e-4 relative on a 6-dim quadratic with dense H."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(6, 6))
+    h = a @ a.T + 0.5 * np.eye(6)
+    params = {"w": jnp.asarray(rng.normal(size=6), jnp.float32)}
+    nu = {"w": jnp.asarray(rng.uniform(0.01, 2.0, size=6), jnp.float32)}
+    count, b1, b2, eps, lr = 7, 0.9, 0.99, 1e-8, 3e-3
+    hj = jnp.asarray(h, jnp.float32)
+    out = curvature.sharpness_scalars(lambda p: 0.5 * p["w"] @ hj @ p["w"], params, nu, count,
+                                      learning_rate=lr, b1=b1, b2=b2, eps=eps, iters=6,
+                                      key=jax.random.key(0))
+    p = np.sqrt(np.asarray(nu["w"], np.float64) / (1 - b2 ** count)) + eps
+    s = np.diag(p ** -0.5)
+    assert set(out) == {"sharpness/lambda_max", "sharpness/precond_lambda_max",
+                        "sharpness/adam_threshold"}
+    np.testing.assert_allclose(out["sharpness/lambda_max"], np.linalg.eigvalsh(h)[-1], rtol=1e-4)
+    np.testing.assert_allclose(out["sharpness/precond_lambda_max"],
+                               np.linalg.eigvalsh(s @ h @ s)[-1], rtol=1e-4)
+    np.testing.assert_allclose(out["sharpness/adam_threshold"], 3.8 / (0.1 * lr), rtol=1e-6)
