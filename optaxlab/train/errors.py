@@ -6,6 +6,7 @@
     3    non-finite halt (nan_policy='halt'; the last good checkpoint is intact)
     4    runtime failure: I/O error, disk full, permission denied, vanished mount (one line)
     5    the workdir is locked by another live process
+    6    stalled (health policy 'halt': the loss stopped moving or the gradient is zero)
     130  interrupted by SIGINT (checkpoint saved; a second SIGINT aborts at once, no checkpoint)
 
 The exceptions below carry their code; `exit_code` maps any exception to one, recognising I/O
@@ -21,6 +22,7 @@ import re
 from optaxlab.data.corpus import DataError
 
 FINISHED, BUG, BAD_INPUT, DIVERGED, IO_FAILURE, LOCKED, INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
+STALLED = 6
 
 
 class ConfigError(ValueError):
@@ -33,6 +35,10 @@ class IncompatibleCheckpointError(ValueError):
 
 class NonFiniteError(FloatingPointError):
     """A non-finite loss, gradient, update or optimizer state under nan_policy='halt'. Exit 3."""
+
+
+class StalledError(RuntimeError):
+    """Training stalled (a health rule under policy 'halt' judged the run stuck). Exit 6."""
 
 
 class IOFailure(OSError):
@@ -87,7 +93,7 @@ def io_failure(exc: BaseException) -> str | None:
 
 _CODES = ((ConfigError, BAD_INPUT), (DataError, BAD_INPUT),
           (IncompatibleCheckpointError, BAD_INPUT), (NonFiniteError, DIVERGED),
-          (IOFailure, IO_FAILURE), (WorkdirLockedError, LOCKED))
+          (StalledError, STALLED),           (IOFailure, IO_FAILURE), (WorkdirLockedError, LOCKED))
 
 
 def exit_code(exc: BaseException) -> int:

@@ -383,11 +383,15 @@ class _Loop:
             mem.outcome = Outcome(status, code, msg)
 
     def write_status(self, mem: Member, step: int) -> None:
-        o = mem.outcome
+        o, k = mem.outcome, self.p.k
+        message = o.message
+        if k > 1:  # a group member says where it ran (a group of one writes what a solo run does)
+            i = self.members.index(mem)
+            message += f" (vectorized: member {i} of {k} in {self.p.group_dir})"
         if self.is_main:
             workdir_lib.write_status(mem.workdir, status=o.status, step=step,
                                      steps=mem.config.steps, exit_code=o.exit_code,
-                                     message=o.message, diverged_step=o.diverged_step)
+                                     message=message, diverged_step=o.diverged_step)
         o.written = True
 
     def close(self, wait: bool = True) -> None:

@@ -91,6 +91,8 @@ def test_group_matches_solo_runs_a_huge_lr_diverges_alone_and_resume_is_exact(tm
         assert [r["loss"] for r in on_disk] == [r["loss"] for r in res.records[i]]
         status = workdir_lib.read_status(workdirs[i])
         assert (status["status"], status["step"], status["exit_code"]) == ("finished", 10, 0)
+        assert status["message"].endswith(
+            f"(vectorized: member {i} of 3 in {tmp_path / 'full' / 'group'})")
         ea = EventAccumulator(str(workdirs[i] / "tensorboard"))
         ea.Reload()
         tb = [e.value for e in ea.Scalars("train/loss")]
@@ -108,6 +110,8 @@ def test_group_matches_solo_runs_a_huge_lr_diverges_alone_and_resume_is_exact(tm
     assert [r["step"] for r in metrics_lib.read_jsonl(workdirs[2] / "metrics.jsonl")] == \
         list(range(1, div))
     assert "non-finite" in status["message"]
+    assert status["message"].endswith(
+        f"(vectorized: member 2 of 3 in {tmp_path / 'full' / 'group'})")
     frozen = V.member_state(res.state, 2)
     assert int(frozen.step) == div - 1
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(frozen.params))
