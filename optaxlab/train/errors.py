@@ -21,6 +21,7 @@ import re
 from optaxlab.data.corpus import DataError
 
 FINISHED, BUG, BAD_INPUT, DIVERGED, IO_FAILURE, LOCKED, INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
+STALLED = 6
 
 
 class ConfigError(ValueError):
