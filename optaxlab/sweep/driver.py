@@ -305,7 +305,8 @@ class Driver:
                         # A trainer the sweep itself stopped says nothing about the point
                         # unless it got to an outcome of its own.
                         record = code if not self.signals or code in (
-                            outcome.EXIT_OK, outcome.EXIT_CONFIG, outcome.EXIT_NONFINITE) \
+                            outcome.EXIT_OK, outcome.EXIT_CONFIG, outcome.EXIT_NONFINITE,
+                            outcome.EXIT_STALLED) \
                             else None
                         attempt = {"start": time.strftime("%Y-%m-%dT%H:%M:%S",
                                                           time.localtime(r.started)),
@@ -356,6 +357,8 @@ class Driver:
             return f"finished {p.name}: {metric} ({wall:.1f} s)"
         if st.status == outcome.DIVERGED:
             return f"diverged {p.name} at step {st.diverged_step} ({wall:.1f} s)"
+        if st.status == outcome.STALLED:
+            return f"stalled {p.name} at step {st.diverged_step}: {st.message} ({wall:.1f} s)"
         if st.status == outcome.INVALID:
             return f"invalid {p.name}: {st.message}"
         if st.status == outcome.FAILED:
@@ -367,7 +370,7 @@ class Driver:
         counts = _counts(states)
         n = len(states)
         done = sum(counts[s] for s in (*outcome.DONE, outcome.FAILED))
-        parts = [f"{done}/{n} done ({_fmt_counts(counts, (outcome.FINISHED, outcome.DIVERGED, outcome.FAILED, outcome.INVALID)) or 'none yet'})",  # noqa: E501
+        parts = [f"{done}/{n} done ({_fmt_counts(counts, (outcome.FINISHED, outcome.DIVERGED, outcome.STALLED, outcome.FAILED, outcome.INVALID)) or 'none yet'})",  # noqa: E501
                  f"{len(running)} running"]
         best = self._best_text()
         if best:

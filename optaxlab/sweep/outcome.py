@@ -17,7 +17,9 @@ evidence: a checkpoint at the last step or status.json "finished" -> finished; e
 (with the trainer's status.json for the details when the trainer wrote one in that attempt); else
 status.json alone; else metrics.jsonl (interrupted) or nothing (pending).
 
-Outcomes: finished | diverged (non-finite loss or gradient: a result, with its step) | failed
+Outcomes: finished | diverged (non-finite loss or gradient, or a loss blow-up under
+health.policy=halt: a result, with its step and reason) | stalled (exit 6: the health rules saw
+no progress; a result, with its step and reason; `diverged_step` holds that step) | failed
 (exit code + last lines of the log) | invalid (bad config: exit 2; not retried) | interrupted
 (stopped by a signal or a kill; a rerun resumes it from its last checkpoint) | running | pending.
 """
@@ -36,18 +38,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from optaxlab.train import errors
 from optaxlab.train import metrics as metrics_lib
 
-FINISHED, DIVERGED, FAILED, INVALID = "finished", "diverged", "failed", "invalid"
+FINISHED, DIVERGED, STALLED, FAILED, INVALID = "finished", "diverged", "stalled", "failed", \
+    "invalid"
 INTERRUPTED, RUNNING, PENDING = "interrupted", "running", "pending"
-STATUSES = (FINISHED, DIVERGED, FAILED, INVALID, INTERRUPTED, RUNNING, PENDING)
-DONE = (FINISHED, DIVERGED, INVALID)  # a rerun skips these; the others run (and resume)
+STATUSES = (FINISHED, DIVERGED, STALLED, FAILED, INVALID, INTERRUPTED, RUNNING, PENDING)
+DONE = (FINISHED, DIVERGED, STALLED, INVALID)  # a rerun skips these; the others run (and resume)
 
-# Trainer exit codes (coordination contract, item 1).
-EXIT_OK, EXIT_BUG, EXIT_CONFIG, EXIT_NONFINITE, EXIT_RUNTIME, EXIT_LOCKED = 0, 1, 2, 3, 4, 5
-EXIT_SIGINT = 130
+# Trainer exit codes: defined once, in optaxlab.train.errors.
+EXIT_OK, EXIT_BUG, EXIT_CONFIG = errors.FINISHED, errors.BUG, errors.BAD_INPUT
+EXIT_NONFINITE, EXIT_RUNTIME, EXIT_LOCKED = errors.DIVERGED, errors.IO_FAILURE, errors.LOCKED
+EXIT_STALLED, EXIT_SIGINT = errors.STALLED, errors.INTERRUPTED
 # Exit codes after which the trainer has written status.json for this very attempt.
-WRITES_STATUS = (EXIT_OK, EXIT_BUG, EXIT_NONFINITE, EXIT_RUNTIME, EXIT_SIGINT)
+WRITES_STATUS = (EXIT_OK, EXIT_BUG, EXIT_NONFINITE, EXIT_RUNTIME, EXIT_STALLED, EXIT_SIGINT)
 
 EXIT_CODE_FILE, OUTCOME_JSON, LOG_FILE, LOCK_FILE = "exit_code", "outcome.json", "train.log", \
     ".sweep.lock"
@@ -145,6 +150,14 @@ def _error_line(lines: list[str]) -> str:
     return lines[-1] if lines else ""
 
 
+def _stalled(status: dict[str, Any], step: int, steps: int, code: int | None,
+             message: str) -> State:
+    """A run the trainer's health rules stopped as stalled (exit 6): a result, with its step."""
+    at = status.get("step")
+    return State(STALLED, step, steps, diverged_step=None if at is None else int(at),
+                 exit_code=code, message=status.get("reason") or message)
+
+
 def classify(*, exit_code: int | None, status: dict[str, Any] | None, log: list[str],
              step: int, steps: int, final_checkpoint: bool) -> State:
     """The outcome from the evidence of one point (see the module docstring)."""
@@ -158,13 +171,15 @@ def classify(*, exit_code: int | None, status: dict[str, Any] | None, log: list[
         message = (st or {}).get("message") or _error_line(log)
         if exit_code == EXIT_CONFIG:
             return State(INVALID, step, steps, exit_code=exit_code, message=message)
+        if exit_code == EXIT_STALLED:
+            return _stalled(st or {}, step, steps, exit_code, message)
         if exit_code == EXIT_NONFINITE:
-            div = (st or {}).get("diverged_step")
+            div = (st or {}).get("diverged_step", (st or {}).get("step"))
             if div is None:
                 found = [int(m.group(1)) for line in log for m in [_STEP_RE.search(line)] if m]
                 div = found[-1] if found else step + 1
             return State(DIVERGED, step, steps, diverged_step=int(div), exit_code=exit_code,
-                         message=message)
+                         message=(st or {}).get("reason") or message)
         if exit_code == EXIT_OK or exit_code == EXIT_SIGINT or _signal_name(exit_code) in (
                 "SIGTERM", "SIGINT", "SIGHUP"):
             why = (st or {}).get("status") or _signal_name(exit_code) or f"exit {exit_code}"
@@ -179,9 +194,11 @@ def classify(*, exit_code: int | None, status: dict[str, Any] | None, log: list[
         kind = status.get("status")
         code = status.get("exit_code")
         if kind == "diverged":
-            div = status.get("diverged_step")
+            div = status.get("diverged_step", status.get("step"))
             return State(DIVERGED, step, steps, diverged_step=None if div is None else int(div),
-                         exit_code=code, message=status.get("message", ""))
+                         exit_code=code, message=status.get("reason") or status.get("message", ""))
+        if kind == "stalled":
+            return _stalled(status, step, steps, code, status.get("message", ""))
         if kind == "failed":
             return State(FAILED, step, steps, exit_code=code, message=status.get("message", ""))
         return State(INTERRUPTED, step, steps, exit_code=code,

@@ -144,9 +144,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def score(row: dict[str, Any], plan: Plan) -> float | None:
-    """The point's metric (lower is better after the sign flip for 'max'); +inf if it diverged;
-    None when it has no result (failed, invalid, unfinished)."""
-    if row["status"] == outcome.DIVERGED:
+    """The point's metric (lower is better after the sign flip for 'max'); +inf if it diverged
+    or stalled (never a result); None when it has no result (failed, invalid, unfinished)."""
+    if row["status"] in (outcome.DIVERGED, outcome.STALLED):
         return math.inf
     if row["status"] != outcome.FINISHED:
         return None
@@ -216,7 +216,7 @@ class Group:
     def grid(self, field: str) -> list[Any]:
         """The values of `field` tried in this group (by points that have a result)."""
         vals = {_key(r.get(field)): r.get(field) for r in self.rows
-                if r["status"] in (outcome.FINISHED, outcome.DIVERGED)}
+                if r["status"] in (outcome.FINISHED, outcome.DIVERGED, outcome.STALLED)}
         out = list(vals.values())
         try:
             return sorted(out)

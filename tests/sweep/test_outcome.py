@@ -113,3 +113,43 @@ def test_point_lock_is_exclusive_and_dies_with_its_holder(tmp_path):
         time.sleep(0.05)
     assert b.acquire()
     b.release()
+
+
+# Fakes for the trainer side (health.policy=halt: exit 3 diverged / exit 6 stalled with status.json
+# step + reason) until the trainer helper's branch lands.
+def test_a_stalled_run_is_stalled_with_its_step_and_reason():
+    st = classify(exit_code=6, log=["error: stalled"], step=40, steps=100, final_checkpoint=False,
+                  status={"status": "stalled", "step": 30, "reason": "loss 2.30 not below 2.29"})
+    assert (st.status, st.diverged_step, st.exit_code) == (outcome.STALLED, 30, 6)
+    assert st.message == "loss 2.30 not below 2.29"
+    assert outcome.STALLED in outcome.DONE
+
+
+def test_a_loss_blow_up_is_diverged_with_its_reason():
+    st = classify(exit_code=3, log=[], step=12, steps=100, final_checkpoint=False,
+                  status={"status": "diverged", "step": 11, "reason": "loss 80 > 10 x initial 7"})
+    assert (st.status, st.diverged_step) == (outcome.DIVERGED, 11)
+    assert st.message.startswith("loss 80 > 10 x")
+
+
+def test_status_json_alone_gives_stalled():
+    st = classify(exit_code=None, log=[], step=40, steps=100, final_checkpoint=False,
+                  status={"status": "stalled", "step": 25, "reason": "no progress",
+                          "exit_code": 6})
+    assert (st.status, st.diverged_step, st.message) == (outcome.STALLED, 25, "no progress")
+
+
+def test_exit_codes_come_from_the_trainer():
+    from optaxlab.train import errors
+    assert (outcome.EXIT_STALLED, outcome.EXIT_NONFINITE, outcome.EXIT_CONFIG) == (
+        errors.STALLED, errors.DIVERGED, errors.BAD_INPUT)
+
+
+def test_a_stalled_point_scores_like_a_diverged_one_never_as_a_result():
+    from optaxlab.sweep import report
+
+    class _Plan:
+        metric, goal = "final_eval_loss", "min"
+    row = {"status": outcome.STALLED, "final_eval_loss": 0.1}
+    assert report.score(row, _Plan()) == float("inf")
+    assert report.score({**row, "status": outcome.FINISHED}, _Plan()) == 0.1
