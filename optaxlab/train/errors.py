@@ -93,7 +93,7 @@ def io_failure(exc: BaseException) -> str | None:
 
 _CODES = ((ConfigError, BAD_INPUT), (DataError, BAD_INPUT),
           (IncompatibleCheckpointError, BAD_INPUT), (NonFiniteError, DIVERGED),
-          (StalledError, STALLED),           (IOFailure, IO_FAILURE), (WorkdirLockedError, LOCKED))
+          (StalledError, STALLED), (IOFailure, IO_FAILURE), (WorkdirLockedError, LOCKED))
 
 
 def exit_code(exc: BaseException) -> int:

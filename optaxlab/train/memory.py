@@ -18,7 +18,8 @@ keeps per token and layer, from the model's code (optaxlab.models.transformer):
 (d = d_model, h = MLP width, H = heads, T = sequence length, V = vocabulary, c = bytes of the
 compute dtype). With flash attention ('cudnn' on NVIDIA GPUs, 'splash' on TPUs; what
 'auto' picks there) the T x T term is not kept; the report shows both. `model.remat` and
-`model.logits_chunk` shrink the kept activations (see `activation_bytes_per_token`). Per device: parameters, gradients and optimizer state are split over
+`model.logits_chunk` shrink the kept activations (see `activation_bytes_per_token`). Per
+device: parameters, gradients and optimizer state are split over
 fsdp x tensor, activations over the batch shards (data x fsdp) and, for the attention and MLP
 terms, tensor. `--compile` also compiles the real train step for one device
 at the per-device batch and prints XLA's own memory analysis (slow for big models);
