@@ -614,6 +614,8 @@ def table_row(r: dict[str, Any]) -> str:
     settings = []
     if m.get("remat") not in (None, "none"):
         settings.append(f"remat={m['remat']}")
+    if m.get("logits_chunk"):
+        settings.append(f"logits_chunk={m['logits_chunk']}")
     if (c.get("grad_accum_steps") or 1) > 1:
         settings.append(f"accum={c['grad_accum_steps']}")
     cells = [Path(r.get("config_file", "?")).stem, r.get("target", "?"),

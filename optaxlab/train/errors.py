@@ -6,7 +6,8 @@
     3    non-finite halt (nan_policy='halt'; the last good checkpoint is intact)
     4    runtime failure: I/O error, disk full, permission denied, vanished mount (one line)
     5    the workdir is locked by another live process
-    6    stalled (health policy 'halt': the loss stopped moving or the gradient is zero)
+    6    stalled (reserved for `train/health.py`'s policy 'halt': the loss never fell or the
+         gradient is exactly zero; the trainer does not apply the health rules yet)
     130  interrupted by SIGINT (checkpoint saved; a second SIGINT aborts at once, no checkpoint)
 
 The exceptions below carry their code; `exit_code` maps any exception to one, recognising I/O
