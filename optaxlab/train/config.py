@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import ml_collections
 
 from optaxlab import monitor, optimizers
-from optaxlab.train import optim
+from optaxlab.train import health, optim
 from optaxlab.train.errors import ConfigError
 
 AXES = ("data", "fsdp", "tensor")
@@ -43,6 +43,11 @@ def default_config() -> ml_collections.ConfigDict:
         async_checkpointing: save in the background.
       nan_policy: 'halt' (stop with exit code 3, naming the step and parameter) or 'skip' (drop
         the update and count it).
+      health: finite failures judged from the logged loss and gradient norm
+        (optaxlab.train.health): diverged (loss > max_loss_ratio x the first logged loss) and
+        stalled (gradient exactly 0 for zero_grad_steps steps, or no progress by stall_after of
+        the run); policy 'off', 'warn' (default: say so, keep training) or 'halt' (stop: exit
+        3 diverged, 6 stalled).
       mesh: device mesh shape over ('data', 'fsdp', 'tensor'); -1 means all remaining devices.
       optimizer: name and learning_rate, the schedule (warmup_fraction of the steps linear
         warmup, then cosine to lr_floor * learning_rate; schedule='constant' keeps the peak after
@@ -65,6 +70,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.async_checkpointing = True
     c.nan_policy = "halt"
+    c.health = health.default_config("warn")
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.optimizer = optimizer_config("adam", 1e-3)
     c.monitor = monitor.default_config()
@@ -146,6 +152,10 @@ def validate(config, *, num_devices: int) -> Plan:
         if not isinstance(config[field], int) or config[field] < 0:
             _fail(field, f"{config[field]!r} must be a non-negative int")
     _check_profile(config)
+    try:
+        health.validate(config.health)
+    except ValueError as e:
+        raise ConfigError(f"config.{e}") from None
     if config.nan_policy not in NAN_POLICIES:
         _fail("nan_policy", f"{config.nan_policy!r}; valid: {', '.join(NAN_POLICIES)}")
     try:

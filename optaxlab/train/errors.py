@@ -3,11 +3,12 @@
     0    finished, or preempted by SIGTERM (checkpoint saved; rerun the same command to resume)
     1    unexpected internal error (a bug: the traceback is printed)
     2    bad config, bad data, or a checkpoint incompatible with the config (one line)
-    3    non-finite halt (nan_policy='halt'; the last good checkpoint is intact)
+    3    diverged: non-finite halt (nan_policy='halt'; the last good checkpoint is intact), or
+         under health.policy='halt' a loss above health.max_loss_ratio x the first logged loss
     4    runtime failure: I/O error, disk full, permission denied, vanished mount (one line)
     5    the workdir is locked by another live process
-    6    stalled (reserved for `train/health.py`'s policy 'halt': the loss never fell or the
-         gradient is exactly zero; the trainer does not apply the health rules yet)
+    6    stalled (health.policy='halt': the gradient exactly zero for health.zero_grad_steps
+         steps, or the loss never below the first logged loss by health.stall_margin)
     130  interrupted by SIGINT (checkpoint saved; a second SIGINT aborts at once, no checkpoint)
 
 The exceptions below carry their code; `exit_code` maps any exception to one, recognising I/O
@@ -36,6 +37,11 @@ class IncompatibleCheckpointError(ValueError):
 
 class NonFiniteError(FloatingPointError):
     """A non-finite loss, gradient, update or optimizer state under nan_policy='halt'. Exit 3."""
+
+
+class DivergedError(NonFiniteError):
+    """A finite loss above health.max_loss_ratio x the first logged loss under
+    health.policy='halt'. Exit 3 (diverged, as a non-finite halt)."""
 
 
 class StalledError(RuntimeError):

@@ -31,11 +31,11 @@ from etils import epath
 
 from optaxlab import models, monitor
 from optaxlab.train import checkpoint as ckpt_lib
-from optaxlab.train import errors, hardware
+from optaxlab.train import errors, hardware, health
 from optaxlab.train import metrics as metrics_lib
 from optaxlab.train import signals as signals_lib
 from optaxlab.train import workdir as workdir_lib
-from optaxlab.train.errors import NonFiniteError
+from optaxlab.train.errors import DivergedError, NonFiniteError, StalledError
 
 log = logging.getLogger("optaxlab.train")
 
@@ -143,6 +143,8 @@ class _Loop:
         prof = cfg.get("profile") or {}
         self.profile = (prof.get("start", 0), prof.get("steps", 0))
         self.profiling = False
+        self.checkers = [health.Checker(m.config.get("health") or health.default_config("off"),
+                                        m.config.steps) for m in members]
 
     def alive(self) -> bool:
         return any(m.alive for m in self.members)
@@ -157,7 +159,11 @@ class _Loop:
             self.open()
             state = self.loop(state, stopper)
             if not self.alive() and self.p.raise_on_divergence:
-                raise NonFiniteError(self.members[0].outcome.message)
+                o = self.members[0].outcome
+                kind = {"stalled": StalledError, "diverged": NonFiniteError}[o.status]
+                if o.status == "diverged" and o.message.startswith("diverged:"):
+                    kind = DivergedError  # by loss (health), not a non-finite value
+                raise kind(o.message)
             self.mngr.wait_until_finished()  # the checkpoint is complete before we say so
             self.finish()
             return Result(state, self.start)
@@ -195,6 +201,12 @@ class _Loop:
                     (m.workdir / name).write_text(text)
             m.writer = metrics_lib.Writer(m.workdir, resume_step=self.start,
                                           enabled=self.is_main)
+            if self.start:  # a resumed run judges its health from the records it kept
+                path = m.workdir / metrics_lib.METRICS
+                for r in metrics_lib.read_jsonl(path) if path.exists() else []:
+                    if "loss" in r and 0 < r.get("step", 0) <= self.start:
+                        self.checkers[i].observe(r["step"], r["loss"], r.get("grad_norm"),
+                                                 m.config.log_every)
         show = self.is_main and all(m.config.progress_bar for m in self.members)
         self.bar = tqdm.tqdm(total=self.end, initial=self.start, disable=not show,
                              file=sys.stderr, dynamic_ncols=True, desc="train")
@@ -292,6 +304,10 @@ class _Loop:
                 tm.update(self.throughput(rate))
             mem.writer.scalars(step, tm, "train")
             recs[i] = {"step": step, **tm}
+            verdict = self.checkers[i].observe(step, tm["loss"], tm["grad_norm"],
+                                               self.config.log_every)
+            if verdict is not None:
+                self.unhealthy(i, verdict, recs[i])
             if stats is not None and self.is_main:  # the member's histograms, theory overlay
                 recs[i].update(monitor.write(mem.writer.tb, step, stats[i]))
         first = recs[0]
@@ -327,6 +343,25 @@ class _Loop:
         mem.alive = False
         mem.outcome = Outcome("diverged", errors.DIVERGED, message, step)
         self.write_status(mem, step - 1)
+
+    def unhealthy(self, i: int, v: health.Verdict, rec: dict[str, Any]) -> None:
+        """A health rule fired for member i: say so ('warn') or stop it there ('halt'; its
+        record of this step is written, its state is frozen)."""
+        mem = self.members[i]
+        who = f"member {i} ({mem.workdir.name}): " if self.p.k > 1 else ""
+        if mem.config.health.policy != "halt":
+            log.warning("%s%s: %s (health.policy='warn': training goes on)", who, v.status,
+                        v.reason)
+            return
+        message = f"{v.status}: {v.reason}; health.policy='halt' stopped the run"
+        if self.p.k > 1:
+            log.warning("%s%s; the other members go on", who, message)
+        code = errors.STALLED if v.status == health.STALLED else errors.DIVERGED
+        mem.writer.record(rec)
+        mem.records.append(rec)
+        mem.alive = False
+        mem.outcome = Outcome(v.status, code, message, v.step)
+        self.write_status(mem, v.step)
 
     def evaluate(self, state, recs: list[dict[str, Any] | None]) -> None:
         """Each live member's eval_loss and eval_perplexity (LM) or eval_accuracy, into its

@@ -33,7 +33,7 @@ log = logging.getLogger("optaxlab.train")
 LOCK = ".lock"
 STATUS = "status.json"
 PREVIOUS = "previous_runs"
-STATUSES = ("finished", "preempted", "interrupted", "diverged", "failed")
+STATUSES = ("finished", "preempted", "interrupted", "diverged", "stalled", "failed")
 
 
 def now() -> str:

@@ -257,9 +257,13 @@ def test_aot_compiles_lm_tiny(target):
         assert r["collective_floor_bytes"] > 0
         moved = r["collective_bytes_per_step"]
         floor = r["collective_floor_by_kind"]
-        # fsdp over all devices: the gradient is reduce-scattered (GPU: an async
-        # reduce-scatter-start, TPU: reduce-scatter fusions) about once.
-        assert moved["reduce-scatter"] >= 0.5 * floor["reduce-scatter"]
+        # fsdp over all devices: the weights are gathered and the gradient reduced once (a
+        # reduce-scatter: GPU's async reduce-scatter-start is counted; or, for lm_tiny's small
+        # float32 leaves on TPU, an all-reduce); nothing of the batch's activations moves.
+        assert moved["all-gather"] >= 0.5 * floor["all-gather"]
+        grads = moved["reduce-scatter"] + moved["all-reduce"]
+        assert grads >= 0.5 * floor["reduce-scatter"]
+        assert sum(moved.values()) <= 3 * sum(floor.values())
 
 
 @pytest.mark.aot

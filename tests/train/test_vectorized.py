@@ -239,3 +239,18 @@ def test_monitored_members_write_their_solo_runs_histograms_and_overlay(tmp_path
                 assert counts[0].sum() == counts[1].sum()
                 # round-off may move a value across a bucket edge, no more
                 assert np.abs(counts[0] - counts[1]).sum() <= 0.01 * counts[1].sum() + 2, tag
+
+
+def test_group_member_blown_up_by_loss_halts_alone(tmp_path):
+    """health.policy='halt' in a group: the blown-up (finite) member ends diverged with its
+    reason; the healthy one finishes."""
+    over = {"health.policy": "halt", "optimizer.max_norm": None}
+    configs = [tiny_lm(**{**over, "optimizer.learning_rate": 1e-3}),
+               tiny_lm(**{**over, "optimizer.learning_rate": 100.0})]
+    res, workdirs = run_group(configs, tmp_path, "health", devices=ONE)
+    assert res.statuses == ["finished", "diverged"]
+    assert res.exit_codes == [0, 3]
+    st = workdir_lib.read_status(workdirs[1])
+    assert "max_loss_ratio" in st["message"] and st["diverged_step"] < 10
+    assert st["message"].endswith(f"(vectorized: member 1 of 2 in {tmp_path / 'health' / 'group'})")
+    assert [r["step"] for r in res.records[0]] == list(range(1, 11))
