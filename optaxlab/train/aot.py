@@ -193,7 +193,8 @@ def step_floor(model_flops: float, devices: int, peak_flops: float, hbm_bandwidt
     compute = flops / (devices * peak_flops)
     memory = bytes_accessed / hbm_bandwidth
     floor = max(compute, memory)
-    ceiling = model_flops / (devices * peak_flops * floor) if floor > 0 else float("nan")
+    ceiling = min(model_flops / (devices * peak_flops * floor), 1.0) if floor > 0 \
+        else float("nan")  # (min: 1 + 2e-16 from rounding when compute-bound)
     return {"compute_s": compute, "memory_s": memory, "floor_s": floor, "mfu_ceiling": ceiling}
 
 
