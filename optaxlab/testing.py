@@ -2,7 +2,7 @@
 references, and `nonfinite_at`, a transform that injects NaN updates at a chosen step.
 
 Used by optaxlab's own tests; handy for checking a new transform (or a training loop's NaN
-handling) the same way.
+handling) the same way. `tiny_lm` is the few-step lm_tiny the trainer tests share.
 """
 
 from typing import NamedTuple
@@ -98,3 +98,28 @@ def nonfinite_at(step: int, pattern: str = "") -> optax.GradientTransformation:
         return jax.tree_util.tree_map_with_path(poison, updates), NonfiniteAtState(count)
 
     return optax.GradientTransformation(init, update)
+
+
+def tiny_lm(**fields):
+    """configs/lm_tiny.py shrunk to a 10-step, one-layer, d_model 32 run on 8 x 32 tokens (log
+    every step, no eval, checkpoints every 5, no monitor, no progress bar); `fields` override
+    dotted config fields, e.g. ``tiny_lm(**{"optimizer.learning_rate": 1e-2})``."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "lm_tiny.py"
+    spec = importlib.util.spec_from_file_location("config_lm_tiny", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    c.steps, c.batch_size, c.seq_len, c.log_every = 10, 8, 32, 1
+    c.model.d_model, c.model.n_layers, c.model.n_heads, c.model.max_len = 32, 1, 4, 32
+    c.eval_every, c.checkpoint_every, c.keep_checkpoints = 0, 5, 3
+    c.monitor.every, c.progress_bar, c.data.num_threads = 0, False, 0
+    for k, v in fields.items():
+        node = c
+        *parents, leaf = k.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = v
+    return c

@@ -3,40 +3,20 @@
 status.json, under health.policy='halt'; 'warn' says so and trains on; a bad setting is a
 ConfigError; a resumed run judges from the records it kept."""
 
-import importlib.util
 import json
 import logging
-from pathlib import Path
 
 import jax
 import pytest
 
+from optaxlab import testing
 from optaxlab.train import ConfigError, errors, train
 from optaxlab.train import config as config_lib
 from optaxlab.train import metrics as metrics_lib
 from optaxlab.train import workdir as workdir_lib
 
-ROOT = Path(__file__).resolve().parents[2]
 ONE = jax.devices()[:1]
-
-
-def tiny_lm(**fields):
-    """tests/train/test_loop.py's few-step lm_tiny."""
-    spec = importlib.util.spec_from_file_location("config_lm_tiny", ROOT / "configs" / "lm_tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
-    c.steps, c.batch_size, c.seq_len, c.log_every = 10, 8, 32, 1
-    c.model.d_model, c.model.n_layers, c.model.n_heads, c.model.max_len = 32, 1, 4, 32
-    c.eval_every, c.checkpoint_every, c.keep_checkpoints = 0, 5, 3
-    c.monitor.every, c.progress_bar, c.data.num_threads = 0, False, 0
-    for k, v in fields.items():
-        node = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
-    return c
+tiny_lm = testing.tiny_lm
 
 
 def with_optimizer(name, lr, **fields):

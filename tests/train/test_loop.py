@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from optaxlab import testing
 from optaxlab.testing import nonfinite_at
 from optaxlab.train import (
     IncompatibleCheckpointError,
@@ -40,28 +41,7 @@ def load_config(name):
 
 
 def tiny_lm(**fields):
-    c = load_config("lm_tiny")
-    c.steps = 10
-    c.batch_size = 8
-    c.seq_len = 32
-    c.model.d_model = 32
-    c.model.n_layers = 1
-    c.model.n_heads = 4
-    c.model.max_len = 32
-    c.log_every = 1
-    c.eval_every = 0
-    c.checkpoint_every = 5
-    c.keep_checkpoints = 3
-    c.monitor.every = 0
-    c.progress_bar = False
-    c.data.num_threads = 0
-    for k, v in fields.items():
-        node = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
-    return c
+    return testing.tiny_lm(**fields)
 
 
 ONE = jax.devices()[:1]

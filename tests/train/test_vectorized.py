@@ -18,6 +18,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from optaxlab import testing
 from optaxlab.train import ConfigError, train
 from optaxlab.train import metrics as metrics_lib
 from optaxlab.train import vectorized as V
@@ -47,12 +48,7 @@ def _set(c, fields):
 
 def tiny_lm(**fields):
     """tests/train/test_loop.py's few-step lm_tiny."""
-    c = load_config("lm_tiny")
-    c.steps, c.batch_size, c.seq_len, c.log_every = 10, 8, 32, 1
-    c.model.d_model, c.model.n_layers, c.model.n_heads, c.model.max_len = 32, 1, 4, 32
-    c.eval_every, c.checkpoint_every, c.keep_checkpoints = 0, 5, 3
-    c.monitor.every, c.progress_bar, c.data.num_threads = 0, False, 0
-    return _set(c, fields)
+    return testing.tiny_lm(**fields)
 
 
 def losses(records):
