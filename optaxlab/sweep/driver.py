@@ -23,6 +23,7 @@ import fnmatch
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from optaxlab.sweep.spec import (
     Point,
     SweepError,
     check_against_disk,
+    check_points,
     format_value,
     load_sweep_file,
     read_plan,
@@ -441,6 +443,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def local_device_count() -> int:
+    """The devices a point's trainer will see here, counted in a child process as the trainers
+    run (the driver itself never initializes an accelerator backend: it would hold its memory)."""
+    out = subprocess.run([sys.executable, "-c", "import jax; print(jax.device_count())"],
+                         capture_output=True, text=True, timeout=300)
+    if out.returncode != 0 or not out.stdout.strip().isdigit():
+        raise SweepError("cannot count the devices here (python -c 'import jax; "
+                         f"jax.device_count()' failed: {out.stderr.strip().splitlines()[-1:]})")
+    return int(out.stdout.strip())
+
+
 def _load_plan(args, sweep_dir: Path) -> Plan:
     if args.sweep:
         plan = resolve(load_sweep_file(args.sweep), args.sweep)
@@ -515,6 +528,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
             raise SweepError(f"--max-members {args.max_members}: must be >= 1")
         plan = _load_plan(args, sweep_dir)
         points = select(plan, args.only, args.index)
+        # Every selected point's config, values included, before anything is written or runs
+        # (printed commands and Slurm scripts run elsewhere: their meshes are checked alone).
+        elsewhere = args.print_commands or args.slurm_array
+        check_points(plan, points, None if elsewhere else local_device_count())
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -32,18 +32,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from optaxlab.sweep import outcome
+from optaxlab.sweep import outcome, stats
 from optaxlab.sweep.spec import Plan, Point, SweepError, format_value, read_plan
 from optaxlab.train import metrics as metrics_lib
+from optaxlab.train.grouping import GROUP_JSON
 
 METRIC_COLUMNS = ("final_train_loss", "best_train_loss", "final_eval_loss", "best_eval_loss",
                   "final_eval_perplexity", "best_eval_perplexity", "final_eval_accuracy",
                   "best_eval_accuracy")
 # Columns after the swept fields. Timing columns differ between two runs of the same point.
+# Cost: `train_s` is the measured training time of the program that ran the point (in a
+# vectorized group of K members, the group's); `cost_s` is the point's own share, `cost_basis`
+# says how it was obtained: "measured" (a solo run) or "apportioned 1/K" (a group member: every
+# member of a group runs the same computation, so each costs 1/K of the group's time). The
+# `target_*` columns: where the point first reached the sweep's target (empty if never).
 COLUMNS = ("status", "step", "steps", "diverged_step", "exit_code", *METRIC_COLUMNS,
            "skipped_steps", "tokens_per_sec", "examples_per_sec", "train_s", "wall_s",
+           "members", "cost_s", "cost_basis", "target_step", "target_tokens", "target_cost_s",
            "message", "workdir")
-TIMING_COLUMNS = ("tokens_per_sec", "examples_per_sec", "train_s", "wall_s")
+# Columns that differ between two runs of the same point: timings, and how it ran (solo or in a
+# vectorized group of K).
+TIMING_COLUMNS = ("tokens_per_sec", "examples_per_sec", "train_s", "wall_s", "members",
+                  "cost_s", "cost_basis", "target_cost_s")
 RESULTS_CSV, SUMMARY_MD, PLOTS_DIR = "results.csv", "summary.md", "plots"
 
 
@@ -64,12 +74,20 @@ def point_row(plan: Plan, point: Point, sweep_dir: Path) -> dict[str, Any]:
     ev_loss = _finite([r.get("eval_loss") for r in records if "eval_loss" in r])
     ev_ppl = _finite([r.get("eval_perplexity") for r in records if "eval_perplexity" in r])
     ev_acc = _finite([r.get("eval_accuracy") for r in records if "eval_accuracy" in r])
-    train_s, prev = 0.0, None
+    train_s, prev, elapsed = 0.0, None, {}  # elapsed: step -> training seconds so far
+    per_step = None  # tokens (examples) one step of this point reads
     for r in records:
         sps = r.get("steps_per_sec")
         if prev is not None and isinstance(sps, (int, float)) and sps > 0:
             train_s += (r["step"] - prev) / sps
+            unit = r.get("tokens_per_sec", r.get("examples_per_sec"))
+            if isinstance(unit, (int, float)) and per_step is None:
+                per_step = unit / sps
         prev = r.get("step", prev)
+        if "step" in r:
+            elapsed[r["step"]] = train_s
+    members = (outcome.read_json(wd / GROUP_JSON) or {}).get("members") or 1
+    reached = first_at_target(records, plan.target)
     row: dict[str, Any] = {"name": point.name, "group": point.group, "seed": point.seed,
                            **point.values, **hparam_columns(point)}
     row.update(
@@ -88,12 +106,34 @@ def point_row(plan: Plan, point: Point, sweep_dir: Path) -> dict[str, Any]:
         examples_per_sec=_median(_finite([r.get("examples_per_sec") for r in records])),
         train_s=round(train_s, 3) if train_s else None,
         wall_s=outcome.read_outcome(wd).get("wall_s"),
+        members=members, cost_s=round(train_s / members, 3) if train_s else None,
+        cost_basis=("measured" if members == 1 else f"apportioned 1/{members}")
+        if train_s else None,
+        target_step=reached,
+        target_tokens=round(reached * per_step) if reached and per_step else None,
+        target_cost_s=round(elapsed.get(reached, 0.0) / members, 3) if reached else None,
         message=state.message, workdir=str(wd.relative_to(sweep_dir)),
     )
     return row
 
 
 HPARAM_PREFIX = "hp."
+
+
+def first_at_target(records: Sequence[dict[str, Any]], target: dict[str, float] | None
+                    ) -> int | None:
+    """The first step whose record reached `target` ({key: value}: at most the value, at least
+    it for an accuracy); None when no record did or there is no target."""
+    if not target:
+        return None
+    (key, value), = target.items()
+    higher = "accuracy" in key
+    for r in records:
+        v = r.get(key)
+        if isinstance(v, (int, float)) and math.isfinite(v) and (
+                v >= value if higher else v <= value):
+            return int(r["step"])
+    return None
 
 
 def hparam_columns(point: Point) -> dict[str, Any]:
@@ -151,7 +191,9 @@ def score(row: dict[str, Any], plan: Plan) -> float | None:
     if row["status"] != outcome.FINISHED:
         return None
     v = row.get(plan.metric)
-    if v is None or not math.isfinite(v):
+    if v is None:
+        return None  # finished without this metric (e.g. never evaluated): no result
+    if not math.isfinite(v):
         return math.inf  # finished with a non-finite metric: as bad as diverged
     return float(v) if plan.goal == "min" else -float(v)
 
@@ -274,22 +316,96 @@ def _setting_text(plan: Plan, values: dict[str, Any]) -> str:
     return ", ".join(f"{plan.short(f)}={format_value(v)}" for f, v in values.items()) or "-"
 
 
+def _by_seed(s: Setting) -> dict[int, float]:
+    return {int(r["seed"]): r["_score"] for r in s.rows
+            if r.get("seed") is not None and r["_score"] is not None}
+
+
 def compare(a: Setting, b: Setting) -> tuple[str, bool | None]:
     """How b compares with a better setting a: (text, indistinguishable?).
 
-    Two settings are called indistinguishable when their difference in mean is within two
-    standard errors of that difference (sqrt(sa^2/na + sb^2/nb), seed spreads): about a 95%
-    interval for a few seeds. With one seed on either side the spread is unknown."""
+    Seeds pair: seed s reads the same batches (and starts from the same init) in every group, so
+    the seeds both settings ran are compared by a paired t-test on the differences (Welch's
+    unequal-variance t-test when they share fewer than two); indistinguishable when the 95%
+    interval of the difference contains 0. With one seed on a side the spread is unknown.
+    """
     if a.mean is None or b.mean is None or math.isinf(a.mean) or math.isinf(b.mean):
         return "", None
-    diff = b.mean - a.mean
-    na, nb = len(a.finite), len(b.finite)
-    if na < 2 or nb < 2 or a.std is None or b.std is None:
-        return f"+{diff:.3g} (one seed: spread unknown)", None
-    se = math.sqrt(a.std ** 2 / na + b.std ** 2 / nb)
-    if diff <= 2 * se:
-        return f"+{diff:.3g}, within 2 standard errors ({2 * se:.3g}): indistinguishable", True
-    return f"+{diff:.3g} (> 2 standard errors, {2 * se:.3g})", False
+    c = stats.compare(_by_seed(a), _by_seed(b))
+    if c is None:
+        return f"+{b.mean - a.mean:.3g} (one seed: spread unknown)", None
+    text = (f"+{c.diff:.3g} [{c.low:.3g}, {c.high:.3g}] ({c.kind}, n={c.n}, "
+            f"p={c.p_value:.2g})")
+    if c.low <= 0 <= c.high:
+        need = f"; ~{c.seeds_needed} seeds per side would resolve it" if c.seeds_needed else ""
+        return f"{text}: indistinguishable{need}", True
+    return text, False
+
+
+def budget_table(plan: Plan, groups: Sequence[Group]) -> list[str]:
+    """The AlgoPerf external-tuning view: what each group's tuning protocol gives with the same
+    number of trials (a trial: one setting of the tuned fields, scored by its mean over seeds)."""
+    trials = {g.name: [s.mean for s in g.settings.values() if s.mean is not None]
+              for g in groups}
+    if len(groups) < 2 or min(map(len, trials.values())) < 2:
+        return []
+    n = min(map(len, trials.values()))
+    budgets = sorted({b for b in (1, 2, 4, 8, 16, 32, n) if b <= n})
+    sign = 1.0 if plan.goal == "min" else -1.0
+
+    def fmt(b: stats.BestOf) -> str:
+        if not math.isfinite(b.median):
+            return "diverged"
+        lo, hi = sorted((sign * b.low, sign * b.high))
+        return f"{sign * b.median:.4g} [{lo:.4g}, {hi:.4g}]"
+
+    lines = ["## Equal tuning budgets", "",
+             f"Best {plan.metric} of N trials drawn with replacement from each group's "
+             f"{'/'.join(str(len(t)) for t in trials.values())} trials (bootstrap median "
+             "[95% interval]; a diverged trial loses), so groups compare at the same tuning "
+             "effort.", "",
+             "| group | trials | " + " | ".join(f"best of {b}" for b in budgets) + " |",
+             "|---|---|" + "---|" * len(budgets)]
+    for g in groups:
+        cells = [fmt(stats.best_of_budget(trials[g.name], b)) for b in budgets]
+        lines.append(f"| {g.name} | {len(trials[g.name])} | " + " | ".join(cells) + " |")
+    leader = groups[0]
+    lines.append("")
+    for g in groups[1:]:
+        p = stats.prob_best_of_budget_lower(trials[leader.name], trials[g.name], n)
+        lines.append(f"- With {n} trials each, {leader.name} beats {g.name} in {p:.0%} of "
+                     "draws.")
+    return lines
+
+
+def target_table(plan: Plan, groups: Sequence[Group]) -> list[str]:
+    """Time to target per group: its fastest setting (every seed reached the target), ranked."""
+    if not plan.target:
+        return []
+    (key, value), = plan.target.items()
+    best: list[tuple[float, Group, Setting]] = []
+    for g in groups:
+        reached = [s for s in g.settings.values() if s.rows and all(
+            r.get("target_step") is not None for r in s.rows)]
+        if reached:
+            s = min(reached, key=lambda s: statistics.fmean(r["target_step"] for r in s.rows))
+            best.append((statistics.fmean(r["target_step"] for r in s.rows), g, s))
+    lines = ["## Time to target", "",
+             f"Target: {key} {'>=' if 'accuracy' in key else '<='} {format_value(value)}; per "
+             "group its fastest setting whose every seed reached it (mean over seeds). "
+             "Seconds are each point's own cost (`cost_basis` in results.csv: measured for a "
+             "solo run, 1/K of its group's time for a member of a vectorized group of K).", "",
+             "| rank | group | setting | step | tokens | seconds |", "|---|---|---|---|---|---|"]
+    for i, (steps, g, s) in enumerate(sorted(best, key=lambda t: t[0])):
+        tokens = [r["target_tokens"] for r in s.rows if r.get("target_tokens") is not None]
+        secs = [r["target_cost_s"] for r in s.rows if r.get("target_cost_s") is not None]
+        lines.append(f"| {i + 1} | {g.name} | {_setting_text(plan, s.values)} | {steps:.4g} | "
+                     f"{f'{statistics.fmean(tokens):.4g}' if tokens else '-'} | "
+                     f"{f'{statistics.fmean(secs):.3g}' if secs else '-'} |")
+    never = [g.name for g in groups if g not in [b[1] for b in best]]
+    if never:
+        lines += ["", f"Never reached with every seed: {', '.join(never)}."]
+    return lines
 
 
 def summary_markdown(plan: Plan, rows: list[dict[str, Any]], groups: dict[str, Group],
@@ -332,8 +448,19 @@ def summary_markdown(plan: Plan, rows: list[dict[str, Any]], groups: dict[str, G
     if ties:
         lines += ["", "Indistinguishable at this number of seeds: " + "; ".join(ties) + "."]
     elif len(ranked) > 1:
-        lines += ["", "No two neighbours in the ranking are within 2 standard errors of each "
-                  "other (where a spread could be measured)."]
+        lines += ["", "No two neighbours in the ranking are indistinguishable (where a spread "
+                  "could be measured)."]
+    if len(ranked) > 1:
+        lines += ["", "Differences are b - a in the metric with a 95% interval; seeds pair "
+                  "across groups (seed s reads the same batches from the same initialization "
+                  "everywhere): a paired t-test over the seeds both ran, Welch's t-test where "
+                  "they share fewer than two."]
+    budget = budget_table(plan, [g for g in ranked if g.best is not None])
+    if budget:
+        lines += ["", *budget]
+    target = target_table(plan, ranked)
+    if target:
+        lines += ["", *target]
 
     for g in ranked:
         lines += ["", f"## {g.name}", ""]

@@ -149,7 +149,8 @@ def sweep(config: str, points: Sequence[Mapping[str, Any]] | None = None, *,
           group_by: Sequence[str] | None = None, tune: Sequence[str] | None = None,
           metric: str | None = None, goal: str | None = None,
           heatmaps: Sequence[Sequence[str]] | None = None,
-          name: str | None = None) -> ml_collections.ConfigDict:
+          name: str | None = None,
+          target: Mapping[str, float] | None = None) -> ml_collections.ConfigDict:
     """What `get_sweep()` returns.
 
     Args:
@@ -162,11 +163,15 @@ def sweep(config: str, points: Sequence[Mapping[str, Any]] | None = None, *,
         fields with text or bool values, e.g. optimizer.name).
       tune: the fields tuned within a group (default: the other swept fields but seed).
       metric: the results.csv column that ranks points (default final_eval_loss, or
-        final_train_loss when the base config never evaluates); goal: 'min' or 'max'
+        final_train_loss when no point evaluates: eval_every=0); goal: 'min' or 'max'
         (default: 'max' for accuracies, else 'min').
       heatmaps: pairs of tuned fields to plot as heatmaps (default: every pair of tuned
         fields other than the learning rate with at least 2 values each).
       name: a title for reports (default: the sweep file's name).
+      target: {key: value} with one metrics.jsonl key (loss, eval_loss, eval_perplexity or
+        eval_accuracy), e.g. {"eval_loss": 4.0}: each point records the step, tokens and seconds
+        at which it first reached the value (at most it; at least it for an accuracy), and the
+        summary ranks the groups by it.
     """
     return ml_collections.ConfigDict(dict(
         config=config, points=[dict(p) for p in (points if points is not None else [{}])],
@@ -174,6 +179,7 @@ def sweep(config: str, points: Sequence[Mapping[str, Any]] | None = None, *,
         group_by=None if group_by is None else list(group_by),
         tune=None if tune is None else list(tune), metric=metric, goal=goal,
         heatmaps=None if heatmaps is None else [list(h) for h in heatmaps], name=name,
+        target=None if target is None else dict(target),
     ), allow_dotted_keys=True)
 
 
@@ -228,6 +234,7 @@ class Plan:
     points: list[Point]
     # hparams whose value differs from the base config's same-named value (nothing silent)
     notes: list[str] = dataclasses.field(default_factory=list)
+    target: dict[str, float] | None = None  # {metrics.jsonl key: value} (time to target)
 
     def short(self, field: str) -> str:
         return short_names(self.fields).get(field, field)
@@ -551,8 +558,8 @@ def resolve(spec: Mapping[str, Any], sweep_file: str | Path | None = None) -> Pl
     if overlap:
         raise SweepError(f"field {sorted(overlap)[0]!r} is in both group_by and tune")
 
-    metric = spec.get("metric") or ("final_eval_loss" if base.get("eval_every") else
-                                    "final_train_loss")
+    evaluates = any(cfg.get("eval_every") for _, _, cfg in point_cfgs)  # overrides count
+    metric = spec.get("metric") or ("final_eval_loss" if evaluates else "final_train_loss")
     from optaxlab.sweep.report import METRIC_COLUMNS  # the columns results.csv has
 
     if metric not in METRIC_COLUMNS:
@@ -560,6 +567,7 @@ def resolve(spec: Mapping[str, Any], sweep_file: str | Path | None = None) -> Pl
     goal = spec.get("goal") or ("max" if "accuracy" in metric else "min")
     if goal not in GOALS:
         raise SweepError(f"goal={goal!r}; valid: {', '.join(GOALS)}")
+    target = check_target(spec.get("target"))
     heatmaps = spec.get("heatmaps")
     if heatmaps is None:
         pairs = [f for f in tune if f != LR_FIELD and len(set(map(repr, values_by_field[f]))) > 1]
@@ -590,7 +598,63 @@ def resolve(spec: Mapping[str, Any], sweep_file: str | Path | None = None) -> Pl
                 config=str(config_path) + (f":{config_extra}" if config_extra else ""),
                 overrides=overrides, fields=fields, group_by=list(group_by), tune=list(tune),
                 metric=metric, goal=goal, heatmaps=[list(h) for h in heatmaps], points=points,
-                notes=notes)
+                notes=notes, target=target)
+
+
+def check_points(plan: Plan, points: Sequence[Point] | None = None,
+                 num_devices: int | None = None) -> None:
+    """Build and validate every point's full training config as its trainer will (names and
+    values: the optimizer's hparams, the schedule, data fields, the mesh) before anything runs.
+
+    `num_devices`: the devices a point's trainer will see (the mesh is checked against it);
+    None checks each mesh only for itself (a command printed to run elsewhere). Raises one
+    SweepError listing every bad point, one line each.
+    """
+    from optaxlab.train import config as config_lib
+    from optaxlab.train import errors
+
+    file, _, arg = plan.config.partition(":")
+    try:
+        base = load_config_file(Path(file), arg or None)
+    except Exception as e:  # noqa: BLE001 - any failure of the user's config file
+        raise SweepError(f"config={plan.config!r}: get_config() failed: {_one_line(e)}") from e
+    file_optimizer = copy.deepcopy(base.optimizer)
+    bad = []
+    chosen = plan.points if points is None else points
+    for p in chosen:
+        try:
+            cfg = point_config(base, file_optimizer, p.overrides, p.name)
+            sizes = [s for s in (cfg.mesh.get(a) for a in config_lib.AXES)
+                     if isinstance(s, int) and s > 0]
+            config_lib.validate(cfg, num_devices=num_devices or math.prod(sizes))
+        except SweepError as e:
+            bad.append(f"  {p.name}: {str(e).replace(f' (point {p.name})', '')}")
+        except ValueError as e:  # the trainer's ConfigError: one line naming the field
+            bad.append(f"  {p.name}: {errors.one_line(e)}")
+    if bad:
+        where = f" on {num_devices} device(s)" if num_devices else ""
+        raise SweepError(f"{len(bad)} of {len(chosen)} point(s) have an invalid config{where}; "
+                         "nothing ran:\n" + "\n".join(bad))
+
+
+TARGET_KEYS = ("loss", "eval_loss", "eval_perplexity", "eval_accuracy")
+
+
+def check_target(target: Any) -> dict[str, float] | None:
+    """A sweep's `target`: None, or {one of TARGET_KEYS: a finite number}."""
+    if target is None:
+        return None
+    if isinstance(target, ml_collections.ConfigDict):
+        target = target.to_dict()
+    if not isinstance(target, Mapping) or len(target) != 1:
+        raise SweepError(f"target={target!r} must be one {{key: value}}, e.g. "
+                         f"{{'eval_loss': 4.0}}; keys: {', '.join(TARGET_KEYS)}")
+    (key, value), = target.items()
+    if key not in TARGET_KEYS:
+        raise SweepError(f"target key {key!r}; valid: {', '.join(TARGET_KEYS)}")
+    if not _is_number(value) or not math.isfinite(value):
+        raise SweepError(f"target {key}={value!r} must be a finite number")
+    return {key: float(value)}
 
 
 def resolved_hparams(cfg: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -42,6 +42,23 @@ def best_of_budget(scores: Sequence[float], budget: int, *, draws: int = 2000, s
     return BestOf(budget, float(med), float(lo), float(hi))
 
 
+def prob_best_of_budget_lower(a: Sequence[float], b: Sequence[float], budget: int, *,
+                              draws: int = 2000, seed: int = 0) -> float:
+    """P(best of `budget` trials of a < best of `budget` trials of b), trials drawn with
+    replacement from each side's runs (ties count one half; non-finite scores lose)."""
+    xa = np.asarray(list(a), dtype=float)
+    xb = np.asarray(list(b), dtype=float)
+    if xa.size == 0 or xb.size == 0:
+        raise ValueError("prob_best_of_budget_lower: a side has no scores")
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"prob_best_of_budget_lower: budget={budget!r} must be an int >= 1")
+    xa, xb = (np.where(np.isfinite(x), x, np.inf) for x in (xa, xb))
+    rng = np.random.default_rng(seed)
+    ba = xa[rng.integers(0, xa.size, size=(draws, budget))].min(axis=1)
+    bb = xb[rng.integers(0, xb.size, size=(draws, budget))].min(axis=1)
+    return float(np.mean(ba < bb) + 0.5 * np.mean(ba == bb))
+
+
 class Comparison(NamedTuple):
     kind: str  # "paired" (same seeds on both sides) | "welch" (unpaired)
     n: int  # pairs (paired) or the smaller side (welch)

@@ -24,14 +24,13 @@ STEPS = 60  # TINY["steps"] of conftest.py
 @pytest.fixture(autouse=True)
 def _steps(tiny):
     assert tiny["steps"] == STEPS
-# A 4-point grid (2 learning rates x 2 seeds), a point whose lr is huge (diverges at step 2) and
-# one whose config the trainer rejects (a 2-device mesh on one device; the registry already refuses
-# an invalid optimizer hparam when the sweep is resolved). The sweeps run --no-vectorize: this
-# file tests the process-per-point runner (tests/sweep/test_vectorized_sweep.py the groups).
+# A 4-point grid (2 learning rates x 2 seeds) and a point whose lr is huge (diverges at step 2);
+# a point with an invalid config stops the sweep before anything runs (test_invalid_values_*).
+# The sweeps run --no-vectorize: this file tests the process-per-point runner
+# (tests/sweep/test_vectorized_sweep.py the groups).
 GRID = """sweep(config=CONFIG, overrides=TINY, name="e2e", points=product(
         {"optimizer.learning_rate": [1e-3, 3e-3], "seed": [0, 1]})
-        + [{"optimizer.learning_rate": 1e30, "seed": 0},
-           {"optimizer.learning_rate": 1e-3, "seed": 0, "mesh.data": 2}])"""
+        + [{"optimizer.learning_rate": 1e30, "seed": 0}])"""
 KILLED = "lr=0.001,seed=0"
 
 
@@ -114,7 +113,7 @@ def test_sweep_survives_kills_records_outcomes_and_matches_print_commands(
     # The rerun resumes what was interrupted, runs what was not started, skips nothing done.
     other_done = outcome.point_state(other, STEPS).status == outcome.FINISHED
     rerun = sweep_cli(sweep_file, "--workdir", a, "--workers", 2, "--no-vectorize")
-    assert rerun.returncode == 3, rerun.stderr[-3000:]  # 3: one point has an invalid config
+    assert rerun.returncode == 0, rerun.stderr[-3000:]  # every point finished or diverged
     assert f"resume {KILLED}" in rerun.stderr
     # (the other point may have reached its last step between the check above and the kill)
     assert other_done or f"resume {other.name}" in rerun.stderr \
@@ -123,12 +122,9 @@ def test_sweep_survives_kills_records_outcomes_and_matches_print_commands(
     assert {n: r["status"] for n, r in rows.items()} == {
         "lr=0.001,seed=0": "finished", "lr=0.001,seed=1": "finished",
         "lr=0.003,seed=0": "finished", "lr=0.003,seed=1": "finished",
-        "lr=1e+30,seed=0": "diverged", "lr=0.001,data=2,seed=0": "invalid"}
+        "lr=1e+30,seed=0": "diverged"}
     assert rows["lr=1e+30,seed=0"]["diverged_step"] == "2"
     assert rows["lr=1e+30,seed=0"]["exit_code"] == "3"
-    invalid = rows["lr=0.001,data=2,seed=0"]
-    assert invalid["exit_code"] == "2" and "mesh" in invalid["message"]
-    assert not (points / "lr=0.001,data=2,seed=0" / "metrics.jsonl").exists()
     for name, row in rows.items():  # every number in results.csv is the point's metrics.jsonl
         if row["status"] != "finished":
             continue
@@ -146,7 +142,7 @@ def test_sweep_survives_kills_records_outcomes_and_matches_print_commands(
     resumed_at = int(killed_log.split("resumed from the checkpoint at step ")[1].split()[0])
     assert 10 <= resumed_at < at_kill
     summary = (a / "summary.md").read_text()
-    row = r"\| 1e\+30 \|[^\n]*\| diverged \(1/1 seeds\) \| 1 \| step 2 \|"
+    row = r"\| 1e\+30 \| diverged \(1/1 seeds\) \| 1 \| step 2 \|"
     assert re.search(row, summary), summary
     assert "Warning" not in summary  # best lr 0.003 lies below the diverged 1e30
     assert (a / "plots" / "lr_tuning.png").stat().st_size > 10_000
@@ -154,9 +150,9 @@ def test_sweep_survives_kills_records_outcomes_and_matches_print_commands(
     # A second rerun has nothing to do, and says so.
     logs = {p: p.stat().st_mtime_ns for p in points.glob("*/train.log")}
     again = sweep_cli(sweep_file, "--workdir", a, "--workers", 2, "--no-vectorize")
-    assert again.returncode == 3
-    assert "nothing to run: all 6 selected point(s) are done (4 finished, 1 diverged, " \
-           "1 invalid)" in again.stderr
+    assert again.returncode == 0
+    assert "nothing to run: all 5 selected point(s) are done (4 finished, 1 diverged)" \
+        in again.stderr
     assert {p: p.stat().st_mtime_ns for p in points.glob("*/train.log")} == logs
 
     # --print-commands, run by hand, then the report: the same results (and the killed point
@@ -165,7 +161,7 @@ def test_sweep_survives_kills_records_outcomes_and_matches_print_commands(
     printed = sweep_cli(sweep_file, "--workdir", b, "--print-commands")
     assert printed.returncode == 0, printed.stderr
     commands = printed.stdout.strip().splitlines()
-    assert len(commands) == 6
+    assert len(commands) == 5
     assert all(" -m optaxlab.train --config " in c for c in commands)
     procs = []
     for cmd in commands:  # two at a time
@@ -198,11 +194,44 @@ def test_bad_field_exits_2_and_dry_run_writes_nothing(write_sweep, sweep_cli, tm
     good = write_sweep(GRID)
     proc = sweep_cli(good, "--workdir", tmp_path / "dry", "--dry-run", "--workers", "2")
     assert proc.returncode == 0, proc.stderr
-    assert "would run 6 point(s), skip 0; nothing written" in proc.stdout
+    assert "would run 5 point(s), skip 0; nothing written" in proc.stdout
     assert "[  4] run    pending     lr=1e+30,seed=0" in proc.stdout
     assert not (tmp_path / "dry").exists()
     proc = sweep_cli(good, "--workdir", tmp_path / "dry", "--only", "beta=0.9")
     assert proc.returncode == 2 and "unknown field 'beta'" in proc.stderr
+
+
+def test_invalid_values_exit_2_before_any_point_starts(write_sweep, sweep_cli, tmp_path):
+    # Field names are right; values are not: an optimizer hparam out of range, a mesh that needs
+    # more devices than there are, a mesh axis the devices cannot hold (printed commands: a
+    # batch it cannot split). One line per bad point, exit 2,
+    # and nothing is written (no sweep folder, no point folder, no log).
+    bad = write_sweep("""sweep(config=CONFIG, overrides=TINY, points=product(
+        {"optimizer.name": ["adam"], "optimizer.b2": [0.99, 1.5]})
+        + [{"optimizer.name": "adam", "mesh.data": 2},
+           {"optimizer.name": "adam", "mesh.fsdp": 3}])""", "values.py")
+    out = tmp_path / "values"
+    for extra in ((), ("--dry-run",), ("--no-vectorize",)):
+        proc = sweep_cli(bad, "--workdir", out, *extra)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        lines = proc.stderr.strip().splitlines()
+        assert lines[0] == ("error: 3 of 4 point(s) have an invalid config on 1 device(s); "
+                            "nothing ran:"), proc.stderr
+        assert lines[1:] == [
+            "  optimizer=adam,b2=1.5: config.optimizer.b2=1.5: must be in [0, 1)",
+            "  optimizer=adam,data=2: config.mesh: data=2 fsdp=1 tensor=1 needs 2 devices but 1 "
+            "are available; valid shapes multiply to 1 (e.g. --config.mesh.data=-1)",
+            "  optimizer=adam,fsdp=3: config.mesh: {'data': -1, 'fsdp': 3, 'tensor': 1} "
+            "cannot be laid out on 1 devices: the fixed axes (3) must divide 1"]
+        assert not out.exists()
+    # Printed commands run elsewhere: each mesh is checked for itself, the values still are.
+    proc = sweep_cli(bad, "--workdir", out, "--print-commands")
+    assert proc.returncode == 2 and "2 of 4 point(s) have an invalid config; nothing ran" \
+        in proc.stderr and "b2=1.5" in proc.stderr and "batch_size: 8 is not divisible" in proc.stderr
+    assert not out.exists()
+    # --only the valid point runs only it.
+    proc = sweep_cli(bad, "--workdir", out, "--only", "b2=0.99", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_slurm_array_task_runs_its_point_and_survives_preemption(write_sweep, sweep_env,

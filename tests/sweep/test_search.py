@@ -1,0 +1,86 @@
+"""A budgeted quasi-random search of two optimizers end to end: it runs vectorized, is killed
+(SIGKILL of the driver), resumes, then extends from 8 to 16 trials per optimizer reusing the
+first 8; results.csv carries each point's time to target and its own cost, summary.md compares
+the optimizers at equal tuning budgets."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from optaxlab.sweep import outcome
+from optaxlab.sweep.report import read_csv
+from optaxlab.train import metrics as metrics_lib
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def search_file(path: Path, trials: int, tiny: dict) -> Path:
+    path.write_text(
+        "from optaxlab.sweep import log, quasirandom, sweep\n\n"
+        f"TINY = {tiny!r}\n"
+        f"CONFIG = {str(ROOT / 'configs' / 'lm_tiny.py')!r}\n"
+        "SPACE = {'optimizer.learning_rate': log(3e-4, 3e-2)}\n\n\n"
+        "def get_sweep():\n"
+        "    return sweep(config=CONFIG, overrides=TINY, name='search', target={'loss': 5.3},\n"
+        f"                 points=quasirandom(SPACE, {trials}, fixed={{'optimizer.name': 'adam'}})\n"
+        f"                 + quasirandom(SPACE, {trials}, fixed={{'optimizer.name': 'signum'}}))\n")
+    return path
+
+
+def test_quasirandom_search_killed_resumed_and_extended(sweep_env, sweep_cli, tiny, tmp_path):
+    cfg = {**tiny, "steps": 30, "eval_every": 0}
+    out = tmp_path / "S"
+    first = search_file(tmp_path / "search.py", 8, cfg)
+    log = open(tmp_path / "first.txt", "w")  # noqa: SIM115
+    driver = subprocess.Popen([sys.executable, "-m", "optaxlab.sweep", str(first), "--workdir",
+                               str(out), "--workers", "2"], cwd=ROOT, env=sweep_env, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:  # SIGKILL once a group has a checkpoint (the groups then stop with the driver)
+        from tests.sweep.test_driver import wait_for
+
+        wait_for(lambda: any((out / "groups").glob("*/checkpoints/10")), "a group checkpoint",
+                 proc=driver)
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=60)
+    finally:
+        driver.kill()
+        log.close()
+    resumed = sweep_cli(first, "--workdir", out, "--workers", "2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = read_csv(out / "results.csv")
+    assert len(rows) == 16 and {r["status"] for r in rows} == {"finished"}
+    before = {r["name"]: (out / r["workdir"] / outcome.METRICS).read_bytes() for r in rows}
+
+    extended = sweep_cli(search_file(tmp_path / "search.py", 16, cfg), "--workdir", out,
+                         "--workers", "2")
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert "to run: 16 (16 pending); skipping 16 done (16 finished)" in extended.stderr
+    rows = read_csv(out / "results.csv")
+    assert len(rows) == 32 and {r["status"] for r in rows} == {"finished"}
+    for name, data in before.items():  # the first 8 trials of each optimizer are reused as is
+        assert (out / "points" / name / outcome.METRICS).read_bytes() == data
+    assert {r["group"] for r in rows} == {"optimizer=adam", "optimizer=signum"}
+    for r in rows:  # each point's own cost: its group's measured time over its members
+        k = int(r["members"])
+        assert k >= 1 and r["cost_basis"] == ("measured" if k == 1 else f"apportioned 1/{k}")
+        assert float(r["cost_s"]) == round(float(r["train_s"]) / k, 3)
+        recs = metrics_lib.read_jsonl(out / r["workdir"] / outcome.METRICS)
+        reached = [x["step"] for x in recs if x["loss"] <= 5.3]
+        assert r["target_step"] == (str(reached[0]) if reached else "")
+        if reached:
+            step = reached[0]
+            assert int(r["target_tokens"]) == step * cfg["batch_size"] * cfg["seq_len"]
+            assert 0 < float(r["target_cost_s"]) <= float(r["cost_s"]) + 1e-9
+    assert any(r["target_step"] for r in rows)
+    summary = (out / "summary.md").read_text()
+    # eval_every=0 in the overrides: points are ranked by their final train loss
+    assert "metric: `final_train_loss`" in summary and "diverged (" not in summary
+    best = {g: min(float(r["final_train_loss"]) for r in rows if r["group"] == g)
+            for g in ("optimizer=adam", "optimizer=signum")}
+    leader = min(best, key=best.get)
+    assert f"| 1 | {leader} |" in summary and f"{best[leader]:.4g}" in summary
+    assert "## Equal tuning budgets" in summary and "| best of 16 |" in summary
+    assert "With 16 trials each, optimizer=" in summary
+    assert "## Time to target" in summary and "Target: loss <= 5.3" in summary
