@@ -226,8 +226,9 @@ def test_invalid_values_exit_2_before_any_point_starts(write_sweep, sweep_cli, t
         assert not out.exists()
     # Printed commands run elsewhere: each mesh is checked for itself, the values still are.
     proc = sweep_cli(bad, "--workdir", out, "--print-commands")
-    assert proc.returncode == 2 and "2 of 4 point(s) have an invalid config; nothing ran" \
-        in proc.stderr and "b2=1.5" in proc.stderr and "batch_size: 8 is not divisible" in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert "2 of 4 point(s) have an invalid config; nothing ran" in proc.stderr
+    assert "b2=1.5" in proc.stderr and "batch_size: 8 is not divisible" in proc.stderr
     assert not out.exists()
     # --only the valid point runs only it.
     proc = sweep_cli(bad, "--workdir", out, "--only", "b2=0.99", "--dry-run")

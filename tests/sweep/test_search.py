@@ -24,8 +24,10 @@ def search_file(path: Path, trials: int, tiny: dict) -> Path:
         "SPACE = {'optimizer.learning_rate': log(3e-4, 3e-2)}\n\n\n"
         "def get_sweep():\n"
         "    return sweep(config=CONFIG, overrides=TINY, name='search', target={'loss': 5.3},\n"
-        f"                 points=quasirandom(SPACE, {trials}, fixed={{'optimizer.name': 'adam'}})\n"
-        f"                 + quasirandom(SPACE, {trials}, fixed={{'optimizer.name': 'signum'}}))\n")
+        f"                 points=quasirandom(SPACE, {trials}, fixed={{'optimizer.name': "
+        "'adam'})\n"
+        f"                 + quasirandom(SPACE, {trials}, fixed={{'optimizer.name': "
+        "'signum'}))\n")
     return path
 
 
