@@ -178,7 +178,7 @@ def _fmt_counts(counts: dict[str, int], keys: Sequence[str]) -> str:
 class Driver:
     """Runs selected points of a plan with a runner on `workers` slots; records outcomes."""
 
-    def __init__(self, plan: Plan, sweep_dir: Path, runner: Any, workers: int,
+    def __init__(self, plan: Plan, sweep_dir: Path, runner: runner_lib.Runner, workers: int,
                  progress: Progress, poll_s: float = 0.25, pin: bool = True):
         self.plan = plan
         self.sweep_dir = Path(sweep_dir)
@@ -222,14 +222,13 @@ class Driver:
                 keys[key] = []
                 jobs.append(keys[key])
             keys[key].append(p)
-        if hasattr(self.runner, "split"):  # vectorized groups: capped, one per worker at least
-            per_job = max(1, len(self.slots) // max(1, len(jobs)))  # idle workers take chunks
-            jobs = [chunk for job in jobs for chunk in self.runner.split(job, per_job)]
-        if hasattr(self.runner, "describe"):
-            for job in jobs:
-                text = self.runner.describe(job)
-                if text:
-                    self.progress.event(text)
+        # vectorized groups: capped, one per worker at least (idle workers take chunks)
+        per_job = max(1, len(self.slots) // max(1, len(jobs)))
+        jobs = [chunk for job in jobs for chunk in self.runner.split(job, per_job)]
+        for job in jobs:
+            text = self.runner.describe(job)
+            if text:
+                self.progress.event(text)
 
         start_time = time.time()
         base_steps = {p.name: states[p.name].step for p in todo}

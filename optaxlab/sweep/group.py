@@ -17,19 +17,14 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import sys
 import traceback
 from pathlib import Path
 
+from optaxlab.sweep import outcome
+
 GROUP_FILE = "group.json"
 CODES_FILE = "codes.json"
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def _member_lines(members, lines: list[str]) -> None:
@@ -77,7 +72,7 @@ def run(group_dir: Path) -> int:
         messages = [f"interrupted: {errors.one_line(e)}"] * len(members)
     _member_lines(members, [m if c in (0, errors.INTERRUPTED) else f"error: {m}"
                             for c, m in zip(codes, messages, strict=True)])
-    _write_json(group_dir / CODES_FILE, {m["name"]: int(c)
+    outcome.write_json(group_dir / CODES_FILE, {m["name"]: int(c)
                                          for m, c in zip(members, codes, strict=True)})
     return 0
 

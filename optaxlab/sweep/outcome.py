@@ -40,10 +40,13 @@ from typing import Any
 
 from optaxlab.train import errors
 from optaxlab.train import metrics as metrics_lib
+from optaxlab.train import workdir as workdir_lib
 
-FINISHED, DIVERGED, STALLED, FAILED, INVALID = "finished", "diverged", "stalled", "failed", \
-    "invalid"
-INTERRUPTED, RUNNING, PENDING = "interrupted", "running", "pending"
+# The trainer's statuses (status.json) where a point's outcome means the same; three of the sweep's.
+FINISHED, DIVERGED, STALLED, FAILED, INTERRUPTED = (
+    workdir_lib.FINISHED, workdir_lib.DIVERGED, workdir_lib.STALLED, workdir_lib.FAILED,
+    workdir_lib.INTERRUPTED)
+INVALID, RUNNING, PENDING = "invalid", "running", "pending"
 STATUSES = (FINISHED, DIVERGED, STALLED, FAILED, INVALID, INTERRUPTED, RUNNING, PENDING)
 DONE = (FINISHED, DIVERGED, STALLED, INVALID)  # a rerun skips these; the others run (and resume)
 
@@ -56,7 +59,7 @@ WRITES_STATUS = (EXIT_OK, EXIT_BUG, EXIT_NONFINITE, EXIT_RUNTIME, EXIT_STALLED, 
 
 EXIT_CODE_FILE, OUTCOME_JSON, LOG_FILE, LOCK_FILE = "exit_code", "outcome.json", "train.log", \
     ".sweep.lock"
-STATUS_JSON, METRICS = "status.json", "metrics.jsonl"
+STATUS_JSON, METRICS = workdir_lib.STATUS, "metrics.jsonl"
 ATTEMPT_HEADER = "==> optaxlab.sweep attempt"
 LOG_TAIL = 20
 _STEP_RE = re.compile(r"non-finite .*?\bat step (\d+)")
@@ -225,7 +228,9 @@ def read_outcome(workdir: Path) -> dict[str, Any]:
     return read_json(Path(workdir) / OUTCOME_JSON) or {}
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
+    """Atomic write (tmp file + os.replace): a kill never leaves a half-written file. The one
+    JSON writer of sweep/ (sweep.json, point.json, outcome.json, group.json)."""
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2, default=repr) + "\n")
     os.replace(tmp, path)
@@ -249,7 +254,7 @@ def record_attempt(workdir: Path, name: str, steps: int, attempt: dict[str, Any]
         state.message = note
     old = read_outcome(workdir)
     attempts = [*old.get("attempts", []), {**attempt, "status": state.status}]
-    _write_json(workdir / OUTCOME_JSON, {
+    write_json(workdir / OUTCOME_JSON, {
         "name": name, **dataclasses.asdict(state), "log_tail": last_attempt_log(workdir)[
             -LOG_TAIL:], "wall_s": round(sum(a.get("wall_s", 0.0) for a in attempts), 3),
         "attempts": attempts})

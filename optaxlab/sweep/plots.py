@@ -2,7 +2,8 @@
 
   lr_tuning.png        the metric vs the learning rate, one line per group: each seed a dot, the
                        mean over seeds with +-std error bars; at each learning rate the best
-                       setting of the other tuned fields; diverged points as x at the top edge
+                       setting of the other tuned fields; diverged points as x, stalled ones
+                       as hollow squares, at the top edge
   heatmap_A_B.png      the metric over two tuned fields (e.g. b1 x b2, "In Search of Adam's
                        Secret Sauce" Fig. 2 style), one panel per group; each cell is the best
                        over the other tuned fields (the learning rate included); diverged cells
@@ -16,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -25,9 +26,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from optaxlab.sweep import outcome, stats  # noqa: E402
-from optaxlab.sweep.report import Group, Setting  # noqa: E402
 from optaxlab.sweep.spec import LR_FIELD, Plan, format_value  # noqa: E402
 from optaxlab.train import metrics as metrics_lib  # noqa: E402
+
+if TYPE_CHECKING:  # report imports plots (when it draws): no import back
+    from optaxlab.sweep.report import Group, Setting
 
 
 def _value(plan: Plan, s: float) -> float:
@@ -55,6 +58,7 @@ def lr_tuning(plan: Plan, groups: dict[str, Group], path: Path) -> Path | None:
     finite_all: list[float] = []
     placed: list[tuple[float, float, str]] = []
     diverged_marks: list[tuple[float, str]] = []
+    stalled_marks: list[tuple[float, str]] = []
     plotted = False
     for i, g in enumerate(groups.values()):
         color = colors[i % len(colors)]
@@ -69,6 +73,8 @@ def lr_tuning(plan: Plan, groups: dict[str, Group], path: Path) -> Path | None:
                 placed += [(lr, v, color) for v in vals]
             if s.diverged:
                 diverged_marks.append((lr, color))
+            if s.stalled:
+                stalled_marks.append((lr, color))
             if s.mean is not None and math.isfinite(s.mean):
                 xs.append(lr)
                 means.append(_value(plan, s.mean))
@@ -81,8 +87,8 @@ def lr_tuning(plan: Plan, groups: dict[str, Group], path: Path) -> Path | None:
             if best is not None and best.mean is not None and math.isfinite(best.mean):
                 ax.scatter([best.values[LR_FIELD]], [_value(plan, best.mean)], marker="*",
                            s=160, color=color, edgecolor="black", zorder=5)
-        elif any(s.diverged for s in per_lr.values()):
-            ax.plot([], [], color=color, label=f"{g.name} (all diverged)")
+        elif any(s.diverged or s.stalled for s in per_lr.values()):
+            ax.plot([], [], color=color, label=f"{g.name} (all diverged or stalled)")
             plotted = True
     if not plotted:
         plt.close(fig)
@@ -109,11 +115,17 @@ def lr_tuning(plan: Plan, groups: dict[str, Group], path: Path) -> Path | None:
     for lr, color in diverged_marks:
         ax.scatter([lr], [at(2.5)], marker="x", s=70, color=color, linewidths=2, zorder=5,
                    clip_on=False)
+    for lr, color in stalled_marks:
+        ax.scatter([lr], [at(2.5)], marker="s", s=60, facecolors="none", edgecolors=color,
+                   linewidths=1.5, zorder=5, clip_on=False)
     ax.set_ylim(bottom, at(3.5))
-    if diverged_marks or off_marks:
+    if diverged_marks or stalled_marks or off_marks:
         ax.axhline(at(1.5), color="0.75", lw=0.8, ls=":")
     if diverged_marks:
         ax.scatter([], [], marker="x", color="0.3", label="diverged (any seed)")
+    if stalled_marks:
+        ax.scatter([], [], marker="s", facecolors="none", edgecolors="0.3",
+                   label="stalled (any seed)")
     if off_marks:
         ax.scatter([], [], marker="^", color="0.3",
                    label=f"off scale (up to {max(v for _, v, _ in off_marks):.3g})")

@@ -33,13 +33,17 @@ from pathlib import Path
 from typing import Any
 
 from optaxlab.sweep import outcome, stats
-from optaxlab.sweep.spec import Plan, Point, SweepError, format_value, read_plan
+from optaxlab.sweep.spec import (
+    METRIC_COLUMNS,
+    Plan,
+    Point,
+    SweepError,
+    format_value,
+    read_plan,
+)
 from optaxlab.train import metrics as metrics_lib
 from optaxlab.train.grouping import GROUP_JSON
 
-METRIC_COLUMNS = ("final_train_loss", "best_train_loss", "final_eval_loss", "best_eval_loss",
-                  "final_eval_perplexity", "best_eval_perplexity", "final_eval_accuracy",
-                  "best_eval_accuracy")
 # Columns after the swept fields. Timing columns differ between two runs of the same point.
 # Cost: `train_s` is the measured training time of the program that ran the point (in a
 # vectorized group of K members, the group's); `cost_s` is the point's own share, `cost_basis`
@@ -216,6 +220,10 @@ class Setting:
     @property
     def diverged(self) -> int:
         return sum(r["status"] == outcome.DIVERGED for r in self.rows)
+
+    @property
+    def stalled(self) -> int:
+        return sum(r["status"] == outcome.STALLED for r in self.rows)
 
     @property
     def finite(self) -> list[float]:

@@ -101,6 +101,12 @@ class Runner(Protocol):
     def group_key(self, point: Point) -> Hashable:
         """Points with equal keys may run as one job (the subprocess runner: every point alone)."""
 
+    def split(self, points: Sequence[Point], workers: int) -> list[list[Point]]:
+        """One job's points as the jobs to start (vectorized groups: capped chunks)."""
+
+    def describe(self, points: Sequence[Point]) -> str | None:
+        """A progress line about how a job runs, or None."""
+
     def start(self, points: Sequence[Point], cpus: list[int] | None) -> Job:
         """Start the points (the driver holds their locks and has called begin_attempt)."""
 
@@ -164,6 +170,14 @@ class SubprocessRunner:
 
     def group_key(self, point: Point) -> Hashable:
         return ("solo", point.index)
+
+    def split(self, points: Sequence[Point], workers: int) -> list[list[Point]]:
+        del workers
+        return [list(points)]
+
+    def describe(self, points: Sequence[Point]) -> str | None:
+        del points
+        return None
 
     def command(self, point: Point) -> list[str]:
         return self.plan.trainer_command(point, self.sweep_dir, self.python)
@@ -400,7 +414,7 @@ class GroupRunner(SubprocessRunner):
         name = grouping.group_name([p.name for p in members])
         group_dir = self.sweep_dir / GROUPS_DIR / name
         group_dir.mkdir(parents=True, exist_ok=True)
-        group_lib._write_json(group_dir / group_lib.GROUP_FILE, {  # noqa: SLF001
+        outcome.write_json(group_dir / group_lib.GROUP_FILE, {
             "config": self.plan.config,
             "members": [{"name": p.name, "overrides": p.overrides,
                          "workdir": str(p.workdir(self.sweep_dir)),

@@ -39,6 +39,8 @@ from typing import Any
 
 import ml_collections
 
+from optaxlab.sweep import outcome
+
 # Short names used in point names, summaries and --only filters (the last path component is the
 # default short name; these read better).
 SHORT_NAMES = {"optimizer.name": "optimizer", "optimizer.learning_rate": "lr",
@@ -49,6 +51,10 @@ POINTS_DIR = "points"
 SWEEP_JSON = "sweep.json"
 POINT_JSON = "point.json"
 GOALS = ("min", "max")
+# The results.csv columns a sweep can rank by (report.py writes them).
+METRIC_COLUMNS = ("final_train_loss", "best_train_loss", "final_eval_loss", "best_eval_loss",
+                  "final_eval_perplexity", "best_eval_perplexity", "final_eval_accuracy",
+                  "best_eval_accuracy")
 
 
 class SweepError(ValueError):
@@ -502,6 +508,10 @@ def resolve(spec: Mapping[str, Any], sweep_file: str | Path | None = None) -> Pl
         overrides["optimizer.name"] = optimizers.canonical(overrides["optimizer.name"])
     if "progress_bar" not in overrides:
         overrides["progress_bar"] = False  # the log of a point is a file: no tqdm bar in it
+    if "health.policy" not in overrides and not any(
+            "health.policy" in p for p in spec.get("points") or []):
+        # A blown-up or dead run is a result (diverged / stalled), not a number to rank.
+        overrides["health.policy"] = "halt"
     raw_points = [dict(p) for p in (spec.get("points") or [{}])]
     for p in raw_points:  # file references made absolute: every process imports the same file
         if "optimizer.name" in p:
@@ -560,8 +570,6 @@ def resolve(spec: Mapping[str, Any], sweep_file: str | Path | None = None) -> Pl
 
     evaluates = any(cfg.get("eval_every") for _, _, cfg in point_cfgs)  # overrides count
     metric = spec.get("metric") or ("final_eval_loss" if evaluates else "final_train_loss")
-    from optaxlab.sweep.report import METRIC_COLUMNS  # the columns results.csv has
-
     if metric not in METRIC_COLUMNS:
         raise SweepError(f"metric={metric!r}; valid: {', '.join(METRIC_COLUMNS)}")
     goal = spec.get("goal") or ("max" if "accuracy" in metric else "min")
@@ -668,27 +676,34 @@ def hparam_notes(file_optimizer: ml_collections.ConfigDict,
     same-named value, e.g. "adam points run b2 = 0.999; the base config has 0.95"."""
     from optaxlab.train import optim
 
-    seen: dict[tuple[str, str, str], None] = {}
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
     for cfg in cfgs:
         opt = cfg.optimizer
         for key, value in opt.items():
             if key in optim.RESERVED or key not in file_optimizer:
                 continue
             if file_optimizer[key] != value:
-                seen[(str(opt.name), key, repr(value))] = None
-    return [f"{format_value(name)} points run {key} = {value}; the base config has "
-            f"{file_optimizer[key]!r}" for name, key, value in seen]
+                seen.setdefault((str(opt.name), key), {})[repr(value)] = value
+    out = []
+    for (name, key), values in seen.items():
+        if len(values) == 1:
+            what = f"{key} = {next(iter(values))}"
+        else:  # a swept hparam: its range, not one line per value
+            vals = list(values.values())
+            try:
+                vals = sorted(vals)
+            except TypeError:
+                pass
+            what = (f"{key} in {{{', '.join(format_value(v) for v in vals)}}}" if len(vals) <= 4
+                    else f"{key} in {len(vals)} values from {format_value(vals[0])} to "
+                    f"{format_value(vals[-1])}")
+        out.append(f"{format_value(name)} points run {what}; the base config has "
+                   f"{file_optimizer[key]!r}")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
 # sweep.json and point.json.
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """Atomic write (tmp file + os.replace): a kill never leaves a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=repr) + "\n")
-    os.replace(tmp, path)
 
 
 def read_plan(sweep_dir: str | Path) -> Plan:
@@ -734,9 +749,9 @@ def write_plan(plan: Plan, sweep_dir: Path, env: Mapping[str, str] | None = None
     (sweep_dir / POINTS_DIR).mkdir(parents=True, exist_ok=True)
     data = plan.to_json()
     data["env"] = dict(env or {})
-    _write_json(sweep_dir / SWEEP_JSON, data)
+    outcome.write_json(sweep_dir / SWEEP_JSON, data)
     for p in plan.points:
         wd = p.workdir(sweep_dir)
         wd.mkdir(parents=True, exist_ok=True)
-        _write_json(wd / POINT_JSON, {**p.to_json(), "config": plan.config,
+        outcome.write_json(wd / POINT_JSON, {**p.to_json(), "config": plan.config,
                                       "command": plan.trainer_command(p, sweep_dir)})

@@ -33,7 +33,10 @@ log = logging.getLogger("optaxlab.train")
 LOCK = ".lock"
 STATUS = "status.json"
 PREVIOUS = "previous_runs"
-STATUSES = ("finished", "preempted", "interrupted", "diverged", "stalled", "failed")
+# status.json's statuses (the sweep's point outcomes reuse these names: sweep/outcome.py)
+FINISHED, PREEMPTED, INTERRUPTED = "finished", "preempted", "interrupted"
+DIVERGED, STALLED, FAILED = "diverged", "stalled", "failed"
+STATUSES = (FINISHED, PREEMPTED, INTERRUPTED, DIVERGED, STALLED, FAILED)
 
 
 def now() -> str:
