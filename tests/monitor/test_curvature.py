@@ -132,7 +132,7 @@ def test_sharpness_scalars_without_bias_correction_and_the_state_lookup():
     state = tx.init(params)
     _, state = tx.update({"w": jnp.asarray([1.0, 2.0, 3.0])}, state, params)
     found_nu, count = curvature.state_second_moment(state, params)
-    np.testing.assert_allclose(found_nu["w"], 0.001 * np.array([1.0, 4.0, 9.0]), rtol=1e-6)
+    np.testing.assert_allclose(found_nu["w"], 0.001 * np.array([1.0, 4.0, 9.0]), rtol=1e-4)
     assert int(count) == 1
     assert curvature.state_second_moment(optax.sgd(0.1, momentum=0.9).init(params),
                                          params) is None
