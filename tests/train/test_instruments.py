@@ -140,3 +140,13 @@ def test_noise_fold_matches_the_closed_forms():
     assert float(out["noise/tail_index/a"]) == pytest.approx(hill, rel=1e-4)
     assert "noise/tail_index/b" not in out  # 5 coordinates: too few for Hill
     assert float(out["noise/tail_index"]) == pytest.approx(hill, rel=1e-4)  # median of one
+
+
+def test_a_vectorized_group_refuses_the_instruments(tmp_path):
+    from optaxlab.train import vectorized
+
+    c = testing.tiny_lm(**{"monitor.sharpness_every": 3})
+    with pytest.raises(ConfigError, match=r"monitor.sharpness_every=3: .* solo runs only"):
+        vectorized.train_group([c, c], [tmp_path / "a", tmp_path / "b"], tmp_path / "g",
+                               devices=ONE)
+    assert not any(tmp_path.iterdir())
