@@ -52,6 +52,17 @@ def default_config() -> ml_collections.ConfigDict:
       tail: |Delta| threshold for the tail-mass diagnostic (fraction of coordinates beyond it).
       image_steps: steps at which a "histogram vs theory" figure is written to TensorBoard.
       image_max_layers: at most this many layers per figure (the first ones, in name order).
+      noise_every: the trainer's gradient-noise instrument (`optaxlab.monitor.gradient_noise`)
+        on every N-th step, from the k = grad_accum_steps >= 2 microbatch gradients of that
+        step: B_simple, |G|^2, tr(Sigma), SNR and Hill tail index per layer and overall; 0 = off
+        (the train step is then the same program as without it). Trainer only (`watch` ignores
+        it).
+      sharpness_every: the trainer's sharpness instrument (`optaxlab.monitor.curvature`) every
+        N steps on a fixed batch (the first one the run trains on): lambda_max(H), and for an
+        Adam-type optimizer the preconditioned lambda_max(P^-1 H) and the stability threshold
+        (2 + 2 b1) / ((1 - b1) lr); 0 = off. Trainer only.
+      sharpness_iters: Lanczos iterations (Hessian-vector products) per sharpness estimate;
+        each keeps one parameter-sized vector.
     """
     placeholder = ml_collections.config_dict.placeholder
     return ml_collections.ConfigDict(
@@ -74,6 +85,9 @@ def default_config() -> ml_collections.ConfigDict:
             tail=3.0,
             image_steps=(1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000),
             image_max_layers=12,
+            noise_every=0,
+            sharpness_every=0,
+            sharpness_iters=20,
         )
     )
 
@@ -107,6 +121,9 @@ class Settings:
     tail: float
     image_steps: tuple[int, ...]
     image_max_layers: int
+    noise_every: int
+    sharpness_every: int
+    sharpness_iters: int
 
     def edges(self, kind: str = "delta") -> np.ndarray:
         """The bins + 1 bin edges (float64, read-only) of the 'delta' or 'grad' histogram."""
@@ -160,11 +177,13 @@ def settings(config=None, **overrides) -> Settings:
     v["bias_correction"] = v["bias_correction"] is None or bool(v["bias_correction"])
     v["include"], v["exclude"] = v["include"] or "", v["exclude"] or ""
     v["image_steps"] = tuple(int(x) for x in (v["image_steps"] or ()))
-    for k in ("every", "bins", "image_max_layers"):
-        low = {"every": 0, "bins": 2, "image_max_layers": 1}[k]
+    lows = {"every": 0, "bins": 2, "image_max_layers": 1, "noise_every": 0,
+            "sharpness_every": 0, "sharpness_iters": 2}
+    for k, low in lows.items():
         if not isinstance(v[k], (int, np.integer)) or isinstance(v[k], bool) or v[k] < low:
-            what = {"every": "an int >= 0 (0 = off)", "bins": "an int >= 2 (64-128 is typical)",
-                    "image_max_layers": "an int >= 1"}[k]
+            what = {"bins": "an int >= 2 (64-128 is typical)", "image_max_layers": "an int >= 1",
+                    "sharpness_iters": "an int >= 2 (20 is typical)"
+                    }.get(k, "an int >= 0 (0 = off)")
             raise ValueError(f"monitor.{k}={v[k]!r}: must be {what}.")
         v[k] = int(v[k])
     for k in ("delta_range", "grad_range", "tail"):

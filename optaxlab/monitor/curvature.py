@@ -131,16 +131,42 @@ def adam_stability_threshold(learning_rate: float, b1: float) -> float:
     return (2.0 + 2.0 * b1) / ((1.0 - b1) * learning_rate)
 
 
+def state_second_moment(opt_state, params) -> tuple[Any, jax.Array] | None:
+    """(nu, count): Adam's second moment as a tree like `params` and its update count, found in
+    an optimizer state the way the monitor finds the moments (`stats.find_moments`: the first
+    (mu, nu) or (mean, nu) NamedTuple, matched to the parameters by path name, so that chain,
+    inject_hyperparams and other wrappers are looked through); None when the state has none
+    (SGD, Lion, ...) or it does not cover every parameter."""
+    from optaxlab.monitor import stats as stats_lib
+
+    moments = stats_lib.find_moments(opt_state)
+    names = list(stats_lib.named_leaves(params))
+    if not moments or any(n not in moments for n in names):
+        return None
+    nu = jax.tree.unflatten(jax.tree.structure(params), [moments[n].second for n in names])
+    count = None
+    for node in jax.tree.leaves(opt_state, is_leaf=stats_lib._is_moment_node):
+        if stats_lib._is_moment_node(node) and "count" in node._fields:
+            count = jnp.asarray(node.count)
+            break
+    if count is None:
+        return None
+    return nu, count
+
+
 def sharpness_scalars(loss_fn: Callable[[Any], jax.Array], params, nu, count, *,
                       learning_rate: float, b1: float, b2: float, eps: float,
-                      iters: int = 20, key: jax.Array | None = None) -> dict[str, jax.Array]:
+                      bias_correction: bool = True, iters: int = 20,
+                      key: jax.Array | None = None) -> dict[str, jax.Array]:
     """The sharpness instrument's TensorBoard scalars for an Adam-type optimizer.
 
     Args:
       loss_fn: params -> scalar loss on a fixed batch.
       params: the point at which H is taken.
       nu: the optimizer's second moment (same tree as params); count: its step count.
-      learning_rate, b1, b2, eps: the optimizer's hyperparameters.
+      learning_rate, b1, b2, eps: the optimizer's hyperparameters (learning_rate may be a
+        traced scalar, e.g. the scheduled lr of the last update).
+      bias_correction: whether v is bias-corrected (v_hat = v / (1 - b2^count)).
       iters: Lanczos iterations; key: its start vector's key.
 
     Returns:
@@ -148,7 +174,7 @@ def sharpness_scalars(loss_fn: Callable[[Any], jax.Array], params, nu, count, *,
        'sharpness/precond_lambda_max': lambda_max(P^-1 H) with P = sqrt(v_hat) + eps,
        'sharpness/adam_threshold': (2 + 2 b1) / ((1 - b1) lr)}.
     """
-    precond = adam_preconditioner(nu, count, b2=b2, eps=eps)
+    precond = adam_preconditioner(nu, count, b2=b2, eps=eps, bias_correction=bias_correction)
     return {
         "sharpness/lambda_max": sharpness(loss_fn, params, iters=iters, key=key),
         "sharpness/precond_lambda_max": sharpness(loss_fn, params, precond=precond,

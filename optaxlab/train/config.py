@@ -193,6 +193,11 @@ def validate(config, *, num_devices: int) -> Plan:
     k = config.grad_accum_steps
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         _fail("grad_accum_steps", f"{k!r} must be a positive int (1: no accumulation)")
+    noise_every = config.monitor.get("noise_every") or 0
+    if noise_every and k < 2:
+        _fail("monitor.noise_every", f"{noise_every} needs grad_accum_steps >= 2 (the noise is "
+              f"measured across the microbatch gradients of a step), got grad_accum_steps={k}; "
+              "set grad_accum_steps to 2 or more, or monitor.noise_every=0 (off)")
     per_device = config.batch_size // (data * fsdp)
     if per_device % k:
         _fail("grad_accum_steps", f"{k} does not divide the per-device batch {per_device} "

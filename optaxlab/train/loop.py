@@ -72,6 +72,8 @@ class _Setup(NamedTuple):
     train_step: Callable  # jitted; monitored through monitor.watch when every > 0
     eval_step: Callable
     every: int  # monitor every N steps (0: off)
+    noise_step: Callable | None = None  # train_step with the noise fold (noise_every > 0)
+    sharpness: Callable | None = None  # jitted sharpness_metrics (sharpness_every > 0)
 
 
 def datasets(config, task: str, rows):
@@ -201,12 +203,47 @@ def _prepare(config, devices, stop_after, wrap_optimizer) -> _Setup:
         graphdef=graphdef, tx=tx, task=plan.task, state_shardings=shardings,
         batch_sharding=mesh_lib.batch_sharding(mesh), replicated=mesh_lib.replicated(mesh),
         watch=watch, grad_accum_steps=config.grad_accum_steps)
+    noise_step, sharpness = _instruments(config, plan, mesh, tx, graphdef, shardings, watch,
+                                         abstract.params)
     return _Setup(config=config, plan=plan, mesh=mesh, end=end,
                   names=state_lib.param_names(abstract.params),
                   fingerprint=fingerprint(config, plan.task),
                   optimizer=_jsonable(config.optimizer.to_dict()), abstract=abstract,
                   init_fn=init_fn, train_ds=train_ds, val_ds=val_ds, train_step=train_step,
-                  eval_step=eval_step, every=every)
+                  eval_step=eval_step, every=every, noise_step=noise_step,
+                  sharpness=sharpness)
+
+
+def _instruments(config, plan, mesh, tx, graphdef, shardings, watch, params):
+    """(noise step, sharpness function) of config.monitor's noise_every / sharpness_every, each
+    None when off. The noise step is a second compilation of the train step, with the
+    gradient-noise fold (`step.noise_fold`), that the loop runs on the noise_every-th steps
+    instead of the plain one, so the plain step stays the program it is without the
+    instrument."""
+    noise_every = config.monitor.get("noise_every") or 0
+    sharpness_every = config.monitor.get("sharpness_every") or 0
+    noise_step = sharpness = None
+    batch_sharding, replicated = mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
+    if noise_every:
+        k = config.grad_accum_steps
+        fold = step_lib.noise_fold(state_lib.param_names(params), config.batch_size // k)
+        noise_step, _ = step_lib.compile_steps(
+            graphdef=graphdef, tx=tx, task=plan.task, state_shardings=shardings,
+            batch_sharding=batch_sharding, replicated=replicated, watch=watch,
+            grad_accum_steps=k, microbatch_fn=fold)
+    if sharpness_every:
+        theory = monitor.theory_settings(config.optimizer.name,
+                                         optim.optimizer_hparams(config.optimizer))
+        theory.update({k: config.monitor[k] for k in ("b1", "b2", "eps", "bias_correction")
+                       if config.monitor.get(k) is not None})
+        fn = functools.partial(step_lib.sharpness_metrics, graphdef=graphdef,
+                               loss_fn=step_lib.LOSSES[plan.task], theory=theory,
+                               iters=config.monitor.get("sharpness_iters") or 20)
+        sharpness = jax.jit(step_lib.on_mesh(fn, mesh),
+                            in_shardings=(shardings.params, shardings.rest,
+                                          shardings.opt_state, batch_sharding),
+                            out_shardings=replicated)
+    return noise_step, sharpness
 
 
 def _after_lock(setup: _Setup, workdir, holder, stopper, restart: bool) -> RunResult:
@@ -249,6 +286,10 @@ class SoloProgram:
         self.task, self.mesh, self.names = setup.plan.task, setup.mesh, setup.names
         self.checkpoint_dir = workdir / "checkpoints"
         self.data_iter = None
+        self.fixed_batch = None  # the sharpness instrument's batch: the first one trained on
+        monitor_cfg = setup.config.monitor
+        self.noise_every = monitor_cfg.get("noise_every") or 0
+        self.sharpness_every = monitor_cfg.get("sharpness_every") or 0
 
     def restore(self, mngr, members):
         s = self.s
@@ -269,8 +310,17 @@ class SoloProgram:
     def batch(self):
         return self._global(next(self.data_iter))
 
-    def train(self, state, batch):
-        return self.s.train_step(state, batch)
+    def train(self, state, batch, step: int):
+        s = self.s
+        noisy = self.noise_every and step % self.noise_every == 0
+        state, metrics, stats = (s.noise_step if noisy else s.train_step)(state, batch)
+        if self.sharpness_every:
+            if self.fixed_batch is None:
+                self.fixed_batch = batch
+            if step % self.sharpness_every == 0:
+                metrics = {**metrics, **s.sharpness(state.params, state.rest, state.opt_state,
+                                                    self.fixed_batch)}
+        return state, metrics, stats
 
     def host(self, metrics, stats):
         return ({k: np.asarray(v)[None] for k, v in metrics.items()},

@@ -39,6 +39,9 @@ from optaxlab.train.errors import DivergedError, NonFiniteError, StalledError
 
 log = logging.getLogger("optaxlab.train")
 
+INSTRUMENTS = ("noise/", "sharpness/")  # metric-name prefixes of config.monitor's instruments
+NOISE_EMA = 0.9  # decay of the EMAs behind noise/critical_batch
+
 
 @dataclasses.dataclass
 class Outcome:
@@ -66,9 +69,11 @@ class Member:
 class Program(Protocol):
     """What the loop drives: K members' compiled steps, their data and checkpoint tree.
     `restore(mngr, members) -> (start, state)` (the newest checkpoint's, else initialized; may
-    mark members diverged earlier), `batch()`, `train(state, batch) -> (state, metrics, stats)`
-    on the device, `host(metrics, stats)` -> fetched metrics with a leading member axis (lr the
-    member's own) and stats per member, `tree(state)` / `meta(members)` what a checkpoint saves,
+    mark members diverged earlier), `batch()`, `train(state, batch, step) -> (state, metrics,
+    stats)` on the device (`step` the one it completes; metrics named 'noise/...' or
+    'sharpness/...' are the instruments' scalars of that step), `host(metrics, stats)` ->
+    fetched metrics with a leading member axis (lr the member's own) and stats per member,
+    `tree(state)` / `meta(members)` what a checkpoint saves,
     `eval_batches()` the validation batches, `eval_step(state, batch)` their sums
     (loss_sum, count[, correct]) on the device, `member_files(i)` extra files (name -> text)
     for member i's workdir."""
@@ -82,7 +87,7 @@ class Program(Protocol):
 
     def restore(self, mngr, members: list[Member]) -> tuple[int, Any]: ...
     def batch(self) -> Any: ...
-    def train(self, state, batch) -> tuple[Any, Any, Any]: ...
+    def train(self, state, batch, step: int) -> tuple[Any, Any, Any]: ...
     def host(self, metrics, stats) -> tuple[dict[str, np.ndarray], list | None]: ...
     def eval_batches(self) -> Any: ...
     def eval_step(self, state, batch) -> Any: ...
@@ -143,6 +148,7 @@ class _Loop:
         prof = cfg.get("profile") or {}
         self.profile = (prof.get("start", 0), prof.get("steps", 0))
         self.profiling = False
+        self.noise_ema = [(0.0, 0.0, 0) for _ in members]  # |G|^2, tr(Sigma), noise steps
         self.checkers = [health.Checker(m.config.get("health") or health.default_config("off"),
                                         m.config.steps) for m in members]
 
@@ -219,7 +225,7 @@ class _Loop:
         pending = None
         for step in range(self.start + 1, self.end + 1):
             self.trace(step, state, begin=True)
-            state, m, stats = self.p.train(state, self.p.batch())
+            state, m, stats = self.p.train(state, self.p.batch(), step)
             flag = stopper.poll()
             self.bar.update(1)
             self.trace(step, state, begin=False)
@@ -286,7 +292,9 @@ class _Loop:
                                 culprit(self.p.names, m, i, step), int(m["skipped"][i]))
         self.step = step
         recs: list[dict[str, Any] | None] = [None] * self.p.k
-        if not (force or step % self.config.log_every == 0 or stats is not None):
+        instruments = [k for k in m if k.startswith(INSTRUMENTS)]
+        if not (force or step % self.config.log_every == 0 or stats is not None
+                or instruments):
             return recs
         now = time.perf_counter()
         rate = None
@@ -310,6 +318,9 @@ class _Loop:
                 self.unhealthy(i, verdict, recs[i])
             if stats is not None and self.is_main:  # the member's histograms, theory overlay
                 recs[i].update(monitor.write(mem.writer.tb, step, stats[i]))
+            if instruments:
+                recs[i].update(self.instruments(i, step, {k: float(m[k][i])
+                                                          for k in instruments}))
         first = recs[0]
         if first is not None:
             u = self.unit
@@ -318,6 +329,26 @@ class _Loop:
                 "mfu": f"{first['mfu']:.1%}" if "mfu" in first else "n/a"}
                 if f"{u}_per_sec" in first else {}))  # drawn at the next update
         return recs
+
+    def instruments(self, i: int, step: int, values: dict[str, float]) -> dict[str, float]:
+        """Member i's noise / sharpness scalars of this step, with 'noise/critical_batch' (the
+        ratio of bias-corrected EMAs, decay NOISE_EMA, of tr(Sigma) and |G|^2 over the noise
+        steps this process has run: McCandlish et al.'s way to tame the bias of the per-step
+        ratio 'noise/b_simple'), written to TensorBoard (tags as named); returns them for the
+        step's record."""
+        if "noise/g2" in values and "noise/trace" in values:
+            g2, trace, n = self.noise_ema[i]
+            if math.isfinite(values["noise/g2"]) and math.isfinite(values["noise/trace"]):
+                g2 = NOISE_EMA * g2 + (1 - NOISE_EMA) * values["noise/g2"]
+                trace = NOISE_EMA * trace + (1 - NOISE_EMA) * values["noise/trace"]
+                n += 1
+                self.noise_ema[i] = (g2, trace, n)
+            if n:
+                values["noise/critical_batch"] = trace / g2 if g2 else math.nan
+        tb = self.members[i].writer.tb
+        if tb is not None:
+            tb.add_scalars({k: v for k, v in values.items() if math.isfinite(v)}, step)
+        return values
 
     def throughput(self, rate: float) -> dict[str, float]:
         """Steps/s, the member's own tokens (examples)/s, every member's per device, MFU."""

@@ -31,8 +31,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.flatten_util import ravel_pytree
 
 from optaxlab import monitor, optimizers
+from optaxlab.monitor import curvature, gradient_noise
 from optaxlab.train import optim
 from optaxlab.train.state import TrainState, merge, split
 
@@ -67,17 +69,81 @@ class MicrobatchFold(NamedTuple):
 
     init(params) -> carry (a pytree of fixed shapes); update(carry, grads) -> carry, called
     once per microbatch with that microbatch's mean gradient (once with the full-batch gradient
-    when grad_accum_steps = 1). The final carry is `aux["microbatch"]`.
+    when grad_accum_steps = 1). The final carry is `aux["microbatch"]`. finish(carry,
+    mean_grads) -> {name: scalar}, when given, adds those scalars to the train step's metrics.
     """
 
     init: Callable[[Any], Any]
     update: Callable[[Any, Any], Any]
+    finish: Callable[[Any, Any], dict[str, jax.Array]] | None = None
 
 
 def squared_norm_fold() -> MicrobatchFold:
     """Sum over microbatches of the squared global norm of the microbatch gradient."""
     return MicrobatchFold(init=lambda params: jnp.zeros((), jnp.float32),
                           update=lambda carry, g: carry + optax.tree.norm(g, squared=True))
+
+
+def noise_fold(names: list[str], microbatch_size: int) -> MicrobatchFold:
+    """The gradient-noise instrument (`optaxlab.monitor.gradient_noise`) as a fold: its metrics
+    are 'noise/b_simple', 'noise/g2' (|G|^2), 'noise/trace' (tr(Sigma)), 'noise/snr' (over all
+    coordinates) and 'noise/tail_index' (median over the layers), and 'noise/b_simple/<layer>',
+    'noise/snr/<layer>', 'noise/tail_index/<layer>' per parameter leaf (`names`, in leaf order;
+    the tail index only for leaves of >= 16 coordinates). `microbatch_size`: examples per
+    microbatch (batch_size / grad_accum_steps), the b of B_simple's estimator."""
+
+    def init(params):
+        return gradient_noise.init(params, snr=True, tail=True)
+
+    def finish(carry, mean_grads):
+        out = gradient_noise.finish(carry._replace(first=None), mean_grads, microbatch_size)
+        flat_sum_sq = ravel_pytree(carry.sum_sq)[0]
+        pooled = gradient_noise.finish(
+            gradient_noise.NoiseCarry(carry.count, sum(jax.tree.leaves(carry.sq_norm)),
+                                      flat_sum_sq, None),
+            ravel_pytree(mean_grads)[0], microbatch_size)
+        metrics = {"noise/b_simple": out["global_b_simple"], "noise/g2": out["global_g2"],
+                   "noise/trace": out["global_trace"], "noise/snr": pooled["snr"]}
+        tails = {}
+        for name, b, snr, first, m in zip(names, jax.tree.leaves(out["b_simple"]),
+                                          jax.tree.leaves(out["snr"]),
+                                          jax.tree.leaves(carry.first),
+                                          jax.tree.leaves(mean_grads), strict=True):
+            metrics[f"noise/b_simple/{name}"] = b
+            metrics[f"noise/snr/{name}"] = snr
+            if first.size >= 16:
+                tails[f"noise/tail_index/{name}"] = gradient_noise.hill(
+                    first - m.astype(jnp.float32))
+        if tails:
+            metrics["noise/tail_index"] = jnp.median(jnp.stack(list(tails.values())))
+        return {**metrics, **tails}
+
+    return MicrobatchFold(init=init, update=gradient_noise.fold, finish=finish)
+
+
+def sharpness_metrics(params, rest, opt_state, batch, *, graphdef, loss_fn: Callable,
+                      theory: dict[str, Any], iters: int = 20) -> dict[str, jax.Array]:
+    """The sharpness instrument (`optaxlab.monitor.curvature`) at `params` on `batch`:
+    'sharpness/lambda_max' (lambda_max(H), Lanczos with `iters` Hessian-vector products) and,
+    for an optimizer whose state holds Adam's second moment nu (found as the monitor finds it,
+    `monitor.stats.find_moments`) and whose theory settings (`theory`: b1, b2, eps,
+    bias_correction of `monitor.theory_settings`) are known, 'sharpness/precond_lambda_max'
+    (lambda_max(P^-1 H), P = sqrt(v_hat) + eps) and 'sharpness/threshold'
+    ((2 + 2 b1) / ((1 - b1) lr) at the last update's lr)."""
+
+    def loss_of(p):
+        return loss_fn(merge(graphdef, p, rest), batch, train=True)[0].astype(jnp.float32)
+
+    precond = curvature.state_second_moment(opt_state, params)
+    if precond is None or any(theory.get(k) is None for k in ("b1", "b2")):
+        return {"sharpness/lambda_max": curvature.sharpness(loss_of, params, iters=iters)}
+    nu, count = precond
+    out = curvature.sharpness_scalars(
+        loss_of, params, nu, count, learning_rate=optim.learning_rate(opt_state),
+        b1=theory["b1"], b2=theory["b2"], eps=theory.get("eps") or 0.0,
+        bias_correction=theory.get("bias_correction", True) is not False, iters=iters)
+    out["sharpness/threshold"] = out.pop("sharpness/adam_threshold")
+    return out
 
 
 def split_microbatches(batch, k: int):
@@ -111,9 +177,12 @@ def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransfor
     ['state_finite'] one flag for the new optimizer state and model variables, so the host can
     name what went wrong.
     """
-    grads = loss_and_grads(state.params, state.rest, batch, graphdef=graphdef, loss_fn=loss_fn,
-                           grad_accum_steps=grad_accum_steps, microbatch_fn=microbatch_fn)
-    return apply_gradients(state, grads, tx=tx, watch=watch)
+    out = loss_and_grads(state.params, state.rest, batch, graphdef=graphdef, loss_fn=loss_fn,
+                         grad_accum_steps=grad_accum_steps, microbatch_fn=microbatch_fn)
+    new_state, metrics, stats = apply_gradients(state, out, tx=tx, watch=watch)
+    if microbatch_fn is not None and microbatch_fn.finish is not None:
+        metrics.update(microbatch_fn.finish(out[1]["microbatch"], out[3]))
+    return new_state, metrics, stats
 
 
 def loss_and_grads(params, rest, batch, *, graphdef, loss_fn: Callable,

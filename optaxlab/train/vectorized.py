@@ -211,6 +211,11 @@ def _program(config, k: int, mesh: Mesh, task: str, member_batch: int) -> _Progr
     graphdef, _ = state_lib.param_specs(config.model)
     loss_fn = step_lib.LOSSES[task]
     monitored = None
+    for field in ("noise_every", "sharpness_every"):
+        if config.monitor.get(field):
+            raise ConfigError(f"config.monitor.{field}={config.monitor[field]}: the noise and "
+                              "sharpness instruments run in solo runs only; set it to 0 for a "
+                              "vectorized group")
     if config.monitor.get("every", 0):
         loop_lib.monitor_watch(config, tx)  # a bad monitor config fails here, as solo
 
@@ -410,7 +415,8 @@ class GroupProgram:
     def batch(self):
         return self._stack([next(it) for it in self.iters])
 
-    def train(self, state, batch):
+    def train(self, state, batch, step: int):
+        del step
         state, metrics, self.active, stats = self._fn("train")(state, batch, self.active)
         return state, metrics, stats
 

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from optaxlab.monitor import curvature
@@ -111,3 +112,27 @@ def test_sharpness_scalars_on_a_dense_quadratic_match_closed_forms():
     np.testing.assert_allclose(out["sharpness/precond_lambda_max"],
                                np.linalg.eigvalsh(s @ h @ s)[-1], rtol=1e-4)
     np.testing.assert_allclose(out["sharpness/adam_threshold"], 3.8 / (0.1 * lr), rtol=1e-6)
+
+
+def test_sharpness_scalars_without_bias_correction_and_the_state_lookup():
+    """bias_correction=False: P = sqrt(nu) + eps (closed form on a diagonal quadratic); and
+    `state_second_moment` finds optax.adam's nu and count through chain / inject_hyperparams,
+    None for SGD."""
+    d = np.array([4.0, 1.0, 0.25])
+    nu = {"w": jnp.asarray([1.0, 0.01, 1e-4], jnp.float32)}
+    params = {"w": jnp.ones(3, jnp.float32)}
+    loss = lambda p: 0.5 * jnp.sum(jnp.asarray(d, jnp.float32) * p["w"] ** 2)
+    out = curvature.sharpness_scalars(loss, params, nu, 7, learning_rate=1e-2, b1=0.9, b2=0.99,
+                                      eps=0.0, bias_correction=False, iters=3)
+    want = np.max(d / np.sqrt(np.asarray(nu["w"], np.float64)))  # 0.25 / 0.01 = 25
+    np.testing.assert_allclose(out["sharpness/precond_lambda_max"], want, rtol=1e-4)
+
+    tx = optax.chain(optax.clip_by_global_norm(100.0),
+                     optax.inject_hyperparams(optax.adam)(learning_rate=1e-2))
+    state = tx.init(params)
+    _, state = tx.update({"w": jnp.asarray([1.0, 2.0, 3.0])}, state, params)
+    found_nu, count = curvature.state_second_moment(state, params)
+    np.testing.assert_allclose(found_nu["w"], 0.001 * np.array([1.0, 4.0, 9.0]), rtol=1e-4)
+    assert int(count) == 1
+    assert curvature.state_second_moment(optax.sgd(0.1, momentum=0.9).init(params),
+                                         params) is None
