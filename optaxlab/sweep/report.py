@@ -321,7 +321,9 @@ def _metric_text(plan: Plan, s: Setting | None) -> str:
 
 
 def _setting_text(plan: Plan, values: dict[str, Any]) -> str:
-    return ", ".join(f"{plan.short(f)}={format_value(v)}" for f, v in values.items()) or "-"
+    """'lr=0.003, b1=0.9' (a tuned field another group's optimizer has, None here, left out)."""
+    return ", ".join(f"{plan.short(f)}={format_value(v)}" for f, v in values.items()
+                     if v is not None) or "-"
 
 
 def _by_seed(s: Setting) -> dict[int, float]:

@@ -167,7 +167,8 @@ def sweep(config: str, points: Sequence[Mapping[str, Any]] | None = None, *,
       seeds: run every point once per seed (sets `seed`).
       group_by: fields whose values define the groups a report compares (default: the swept
         fields with text or bool values, e.g. optimizer.name).
-      tune: the fields tuned within a group (default: the other swept fields but seed).
+      tune: the fields tuned within a group (default: the other swept fields but seed and
+        those with one value in every point).
       metric: the results.csv column that ranks points (default final_eval_loss, or
         final_train_loss when no point evaluates: eval_every=0); goal: 'min' or 'max'
         (default: 'max' for accuracies, else 'min').
@@ -557,8 +558,9 @@ def resolve(spec: Mapping[str, Any], sweep_file: str | Path | None = None) -> Pl
         group_by = [f for f in fields if f != "seed"
                     and not all(_is_number(v) for v in values_by_field[f] if v is not None)]
     tune = spec.get("tune")
-    if tune is None:
-        tune = [f for f in fields if f not in group_by and f != "seed"]
+    if tune is None:  # (a field with one value in every point is not tuned: it is fixed)
+        tune = [f for f in fields if f not in group_by and f != "seed"
+                and len({repr(v) for v in values_by_field[f]}) > 1]
     for label, chosen in (("group_by", group_by), ("tune", tune)):
         for f in chosen:
             if f not in fields:

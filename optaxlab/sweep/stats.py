@@ -66,14 +66,21 @@ class Comparison(NamedTuple):
     low: float  # 95% interval of the difference
     high: float
     p_value: float
-    seeds_needed: int | None  # per side, for |diff| to be 2 standard errors; None if diff == 0
+    seeds_needed: int | None  # per side, for the 95% interval to exclude 0; None if diff == 0
 
 
-def _seeds_for_two_se(diff: float, var_of_one: float) -> int | None:
-    """Smallest n with |diff| >= 2 sqrt(var_of_one / n)."""
+def _seeds_needed(diff: float, var_of_one: float) -> int | None:
+    """Smallest n >= 2 whose 95% t interval excludes 0 at this difference and spread:
+    |diff| >= t_{0.975, n-1} sqrt(var_of_one / n) (about 4 var / diff^2 for large n; at n = 2
+    the t quantile is 12.7, so a normal-approximation count would promise too few seeds)."""
     if diff == 0 or not math.isfinite(diff):
         return None
-    return max(2, math.ceil(4 * var_of_one / diff**2))
+    if var_of_one == 0:
+        return 2
+    n = max(2, math.ceil(4 * var_of_one / diff**2))  # the normal answer, a lower bound
+    while n < 100_000 and abs(diff) < stats.t.ppf(0.975, n - 1) * math.sqrt(var_of_one / n):
+        n += 1
+    return n
 
 
 def compare(a: Mapping[int, float], b: Mapping[int, float]) -> Comparison | None:
@@ -93,7 +100,7 @@ def compare(a: Mapping[int, float], b: Mapping[int, float]) -> Comparison | None
         p = float(stats.ttest_rel([fb[s] for s in common], [fa[s] for s in common]).pvalue) \
             if sd > 0 else (0.0 if mean != 0 else 1.0)
         return Comparison("paired", n, mean, mean - half, mean + half, p,
-                          _seeds_for_two_se(mean, sd**2))
+                          _seeds_needed(mean, sd**2))
     xa, xb = np.array(list(fa.values())), np.array(list(fb.values()))
     if xa.size < 2 or xb.size < 2:
         return None
@@ -107,7 +114,7 @@ def compare(a: Mapping[int, float], b: Mapping[int, float]) -> Comparison | None
     else:
         half, p = 0.0, (0.0 if mean != 0 else 1.0)
     return Comparison("welch", int(min(xa.size, xb.size)), mean, mean - half, mean + half, p,
-                      _seeds_for_two_se(mean, float(va + vb)))
+                      _seeds_needed(mean, float(va + vb)))
 
 
 def robust_range(values: Sequence[float], *, factor: float = 10.0

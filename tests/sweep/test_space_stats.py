@@ -85,8 +85,10 @@ def test_paired_comparison_matches_scipy_and_pairs_by_seed():
     assert c.p_value == pytest.approx(sps.ttest_rel([b[s] for s in range(4)],
                                                     [a[s] for s in range(4)]).pvalue)
     assert c.low < c.diff < c.high
-    # 2 standard errors of the mean difference: n >= 4 sd^2 / diff^2.
-    assert c.seeds_needed == max(2, math.ceil(4 * d.var(ddof=1) / d.mean() ** 2))
+    # the fewest seeds whose 95% t interval at this mean and spread excludes 0
+    n, half = c.seeds_needed, lambda n: sps.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)
+    assert n >= 2 and half(n) <= abs(d.mean()) and (n == 2 or half(n - 1) > abs(d.mean()))
+    assert n >= math.ceil(4 * d.var(ddof=1) / d.mean() ** 2)  # more than the normal count
 
 
 def test_welch_when_seeds_do_not_pair():
