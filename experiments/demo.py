@@ -1,6 +1,7 @@
 """`make demo`: lm_tiny on the bundled corpus with Adam and with Signum, side by side.
 
-Trains configs/lm_tiny.py twice (a few hundred steps each, a few minutes on 2 CPU cores), writes
+Trains optaxlab/configs/lm_tiny.py twice (a few hundred steps each, a few minutes on 2 CPU
+cores), writes
 both runs under one timestamped folder runs/demo/<time>/{adam,signum}/ (TensorBoard logs with
 per-layer update histograms and the theory overlay, metrics.jsonl, checkpoints), plots the two
 loss curves into runs/demo/<time>/loss.png, and prints the `tensorboard --logdir` command.
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import logging
 import os
 import sys
 import time
 from pathlib import Path
+
+from optaxlab import configs
 
 ROOT = Path(__file__).resolve().parents[1]
 # Optimizer name -> peak learning rate (Signum's sign steps want a smaller one than Adam's).
@@ -26,10 +28,7 @@ RUNS = {"adam": 3e-3, "signum": 1e-3}
 
 
 def load_config(name: str):
-    spec = importlib.util.spec_from_file_location(f"config_{name}", ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return configs.get_config(name)
 
 
 def plot(results: dict, path: Path) -> None:

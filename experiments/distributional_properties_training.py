@@ -1,6 +1,7 @@
 """On the Distributional Properties of Adaptive Gradients, Figs. 2-4 on real training at laptop
 scale: per-layer distributions of the normalized update over the first 20 steps of the CNN on
-digits (configs/cnn_digits.py) and of the byte-level LM (configs/lm_tiny.py), three seeds, against
+digits (optaxlab/configs/cnn_digits.py) and of the byte-level LM
+(optaxlab/configs/lm_tiny.py), three seeds, against
 the closed-form law f_{m_eff(t)}, and Var[Delta], Var[|Delta|] against Corollaries 1 and 2.
 
 Each run is an ordinary trainer run (`optaxlab.train.train`, monitor every step, constant
@@ -38,7 +39,7 @@ import _common
 import numpy as np
 
 FOLLOW_TV = 0.1
-MODELS = {"cnn": "configs/cnn_digits.py", "lm": "configs/lm_tiny.py"}
+MODELS = {"cnn": "optaxlab/configs/cnn_digits.py", "lm": "optaxlab/configs/lm_tiny.py"}
 OPTIMIZERS = {
     "rmsprop": dict(name="rmsprop", learning_rate=1e-3, b2=0.999, eps=1e-12),
     "adam": dict(name="adam", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-12),

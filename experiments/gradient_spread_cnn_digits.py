@@ -1,5 +1,5 @@
 """Gradient Spread as an Intuition for the Adam Optimizer, Figs. 1-2 at laptop scale: the small
-CNN (configs/cnn_digits.py) on scikit-learn's 8x8 digits instead of CIFAR-10.
+CNN (optaxlab/configs/cnn_digits.py) on scikit-learn's 8x8 digits instead of CIFAR-10.
 
 Adam b1 = b2 = 0.99 (Fig. 1), Adam (0.9, 0.999) (Fig. 2) and SGD with momentum (0.9), each at
 batch 16 and 100, one seed, a constant learning rate. Every step the monitor

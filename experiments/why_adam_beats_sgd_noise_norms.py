@@ -1,8 +1,9 @@
 """Why Adam Beats SGD for Attention Models, Fig. 1 at laptop scale: is the gradient noise of the
 transformer heavier-tailed than that of the CNN?
 
-Models: the byte-level LM of configs/lm_tiny.py (2 layers, d_model 64, sequences of 64 bytes of
-the bundled corpus) and the CNN of configs/cnn_digits.py (8x8 digits). For each, at
+Models: the byte-level LM of optaxlab/configs/lm_tiny.py (2 layers, d_model 64, sequences of
+64 bytes of
+the bundled corpus) and the CNN of optaxlab/configs/cnn_digits.py (8x8 digits). For each, at
 initialization and mid-training (after Adam training as in its config: LM 300 steps, batch 16,
 lr 3e-3, b2 0.95, clip 1; CNN 250 steps, batch 64, lr 1e-3), per-example gradients of N examples
 (LM: N random training windows, one sequence = one example; CNN: every training image, BatchNorm

@@ -101,13 +101,14 @@ def nonfinite_at(step: int, pattern: str = "") -> optax.GradientTransformation:
 
 
 def tiny_lm(**fields):
-    """configs/lm_tiny.py shrunk to a 10-step, one-layer, d_model 32 run on 8 x 32 tokens (log
-    every step, no eval, checkpoints every 5, no monitor, no progress bar); `fields` override
+    """optaxlab/configs/lm_tiny.py shrunk to a 10-step, one-layer, d_model 32 run on 8 x 32
+    tokens (log every step, no eval, checkpoints every 5, no monitor, no progress bar);
+    `fields` override
     dotted config fields, e.g. ``tiny_lm(**{"optimizer.learning_rate": 1e-2})``."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "configs" / "lm_tiny.py"
+    path = Path(__file__).resolve().parent / "configs" / "lm_tiny.py"
     spec = importlib.util.spec_from_file_location("config_lm_tiny", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -20,7 +20,7 @@ from optaxlab.sweep import log_grid, product, sweep
 
 def get_sweep():
     return sweep(
-        config="configs/lm_tiny.py",
+        config="lm_tiny",
         overrides={"monitor.every": 0, "eval_every": 300, "eval_batches": 32,
                    "checkpoint_every": 300, "keep_checkpoints": 1,
                    "optimizer.name": "acclip", "optimizer.b1": 0.9, "optimizer.alpha": 1.0,

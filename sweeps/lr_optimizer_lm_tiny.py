@@ -23,7 +23,7 @@ def get_sweep():
                    "optimizer.max_norm": [1.0]})  # lm_tiny's clip, as Adam has it
     )
     return sweep(
-        config="configs/lm_tiny.py",
+        config="lm_tiny",
         overrides={"monitor.every": 0},  # no per-step histograms: a sweep compares end results
         points=points,
         seeds=[0, 1],

@@ -32,7 +32,7 @@ def get_sweep():
             points += [dict(shape, **p) for p in product({"optimizer.name": [name],
                                                           "optimizer.learning_rate": lrs})]
     return sweep(
-        config="configs/lm_tiny.py",
+        config="lm_tiny",
         overrides={"monitor.every": 0, "eval_every": 1000,
                    "checkpoint_every": 1000, "keep_checkpoints": 1, "log_every": 5,
                    "optimizer.max_norm": 1e9},

@@ -1,5 +1,6 @@
 """Beyond the papers: is it the noise? (Kunstner et al., ICLR 2023), the full-batch half: Adam,
-SGD with momentum 0.9 and Signum on the digits CNN (configs/cnn_digits.py, 500 steps) at batch 64
+SGD with momentum 0.9 and Signum on the digits CNN (optaxlab/configs/cnn_digits.py, 500
+steps) at batch 64
 and at full batch (all 1437 training images every step: no gradient noise), each tuned over its own
 learning-rate grid, seed 0, ranked by the final training loss (the question is optimization, not
 generalization, so no evaluation: the 360 validation images are fewer than one full batch; at
@@ -21,7 +22,7 @@ def get_sweep():
         points += product({"optimizer.name": [name], "batch_size": [64, 1437],
                            "optimizer.learning_rate": lrs})
     return sweep(
-        config="configs/cnn_digits.py",
+        config="cnn_digits",
         overrides={"monitor.every": 0, "eval_every": 0, "checkpoint_every": 500,
                    "keep_checkpoints": 1},
         points=points,

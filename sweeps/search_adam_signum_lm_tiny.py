@@ -23,5 +23,5 @@ def get_sweep():
     points = (quasirandom(adam, TRIALS, fixed={"optimizer.name": "adam"})
               + quasirandom(signum, TRIALS, fixed={"optimizer.name": "signum",
                                                     "optimizer.max_norm": 1.0}))  # Adam's clip
-    return sweep(config="configs/lm_tiny.py", overrides={"monitor.every": 0}, points=points,
+    return sweep(config="lm_tiny", overrides={"monitor.every": 0}, points=points,
                  seeds=[0, 1], target={"eval_loss": 2.6})

@@ -31,7 +31,7 @@ def get_sweep():
         dict(MOLLIFIER, **{"optimizer.init": "first"}),
     ]
     return sweep(
-        config="configs/lm_tiny.py",
+        config="lm_tiny",
         overrides={"monitor.every": 0, "eval_every": 300, "eval_batches": 32,
                    "checkpoint_every": 300, "keep_checkpoints": 1, "optimizer.weight_decay": 0.1},
         points=points,

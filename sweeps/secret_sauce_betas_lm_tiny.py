@@ -23,7 +23,7 @@ BETAS = [0.65, 0.8, 0.9, 0.95, 0.975]
 
 def get_sweep():
     return sweep(
-        config="configs/lm_tiny.py",
+        config="lm_tiny",
         overrides={"monitor.every": 0, "eval_every": 300, "eval_batches": 32,
                    "checkpoint_every": 300, "keep_checkpoints": 1,
                    "optimizer.learning_rate": 3.16e-3, "optimizer.weight_decay": 0.1},

@@ -64,7 +64,7 @@ def get_sweep():
             fields[k] = v if isinstance(v, list) else [v]
         points += product(fields)
     return sweep(
-        config="configs/lm_tiny.py",
+        config="lm_tiny",
         overrides={"monitor.every": 0, "eval_every": 300, "eval_batches": 32,
                    "checkpoint_every": 300, "keep_checkpoints": 1},
         points=points,

@@ -1,8 +1,9 @@
 """Every block marked runnable in README.md and docs/*.md runs as written.
 
 A fenced block whose info string is ``python runnable`` or ``bash runnable`` is executed in a fresh
-temporary folder that holds links to the repository's `configs/`, `sweeps/` and `experiments/`
-and a `.venv/bin/python` that is this interpreter, so the commands run exactly as a reader would
+temporary folder that holds links to the repository's `sweeps/` and `experiments/` (configs are
+named, e.g. `--config lm_tiny`: they ship in the package) and a `.venv/bin/python` that is
+this interpreter, so the commands run exactly as a reader would
 type them at the repository root, and nothing is written into the checkout.
 """
 
@@ -40,7 +41,7 @@ def test_the_readme_has_runnable_blocks():
 
 
 def _sandbox(tmp_path: Path) -> Path:
-    for name in ("configs", "sweeps", "experiments"):
+    for name in ("sweeps", "experiments"):
         (tmp_path / name).symlink_to(ROOT / name)
     python = tmp_path / ".venv" / "bin" / "python"
     python.parent.mkdir(parents=True)

@@ -132,5 +132,5 @@ def test_switching_optimizers_carries_nothing_by_coincidence():
 
 
 def test_shipped_config_by_name():
-    assert config_lib.config_file("lm_tiny").endswith("configs/lm_tiny.py")
+    assert config_lib.config_file("lm_tiny").endswith("optaxlab/configs/lm_tiny.py")
     assert config_lib.config_file("no_such_config") == "no_such_config"

@@ -4,7 +4,7 @@
 #
 #   # node 0 (coordinator) and node 1 of a 2-node job:
 #   COORDINATOR=node0:12345 NUM_NODES=2 NODE_RANK=0 tpu_scripts/launch_multinode_gpu.sh \
-#       --config configs/lm_160m.py --workdir /shared/runs/lm_160m --config.mesh.fsdp=-1
+#       --config lm_160m --workdir /shared/runs/lm_160m --config.mesh.fsdp=-1
 #   COORDINATOR=node0:12345 NUM_NODES=2 NODE_RANK=1 tpu_scripts/launch_multinode_gpu.sh ...
 #   tpu_scripts/launch_multinode_gpu.sh --dry-run ...   # print the command only
 #

@@ -3,7 +3,7 @@
 # the multi-host code path (global mesh, per-process rows, Orbax multi-process checkpoints,
 # the processes agreeing on the step to stop at) on one machine.
 #
-#   tpu_scripts/local_two_process.sh --config configs/lm_tiny.py --workdir runs/two_proc \
+#   tpu_scripts/local_two_process.sh --config lm_tiny --workdir runs/two_proc \
 #       --config.steps=20
 #   tpu_scripts/local_two_process.sh --dry-run ...   # print the two commands only
 #

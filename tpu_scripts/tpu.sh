@@ -28,9 +28,9 @@
 # Example (a spot v4-32 = 4 workers, the workdir in a bucket):
 #   export TPU_NAME=my-v4 ZONE=us-central2-b ACCELERATOR=v4-32 SPOT=1
 #   tpu_scripts/tpu.sh create && tpu_scripts/tpu.sh sync && tpu_scripts/tpu.sh install
-#   tpu_scripts/tpu.sh launch --config configs/lm_160m.py --workdir gs://my-bucket/runs/lm_160m \
+#   tpu_scripts/tpu.sh launch --config lm_160m --workdir gs://my-bucket/runs/lm_160m \
 #       --config.mesh.fsdp=-1
-#   tpu_scripts/tpu.sh relaunch --config configs/lm_160m.py --workdir gs://my-bucket/runs/lm_160m \
+#   tpu_scripts/tpu.sh relaunch --config lm_160m --workdir gs://my-bucket/runs/lm_160m \
 #       --config.mesh.fsdp=-1          # after a preemption: the same arguments
 set -euo pipefail
 cd "$(dirname "$0")/.."

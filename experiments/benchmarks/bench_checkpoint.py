@@ -19,7 +19,6 @@ the same script.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import tempfile
 import time
@@ -28,14 +27,13 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from optaxlab import configs
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_config(name: str):
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}", ROOT / "configs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
+    return configs.get_config(name)
 
 
 def timed(fn, reps: int = 3) -> float:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import importlib.util
 import math
 import statistics
 import tempfile
@@ -51,17 +50,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optaxlab import monitor
+from optaxlab import configs, monitor
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = ("off", "predicate", "scalars", "full")
 
 
 def _load_config(name: str):
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}", ROOT / "configs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
+    return configs.get_config(name)
 
 
 def _variants(config, names=VARIANTS):

@@ -1,6 +1,7 @@
 """Sweep throughput: one process per point vs one process vs one vectorized program.
 
-The same 8-point learning-rate grid of lm_tiny (configs/lm_tiny.py: 300 steps, batch 16 x 64
+The same 8-point learning-rate grid of lm_tiny (optaxlab/configs/lm_tiny.py: 300 steps,
+batch 16 x 64
 tokens, Adam b2 0.95 with a global-norm clip; monitor off; one final evaluation), end to end
 (python start, JAX import, compiles, data, training, checkpoints, metrics, report), each mode in
 fresh processes:
@@ -51,7 +52,7 @@ def overrides(steps: int) -> dict:
 
 def write_sweep(folder: Path, steps: int) -> Path:
     path = folder / "bench_sweep_file.py"
-    path.write_text(SWEEP.format(config=str(ROOT / "configs" / "lm_tiny.py"),
+    path.write_text(SWEEP.format(config=str(ROOT / "optaxlab" / "configs" / "lm_tiny.py"),
                                  overrides=overrides(steps), lrs=LRS))
     return path
 

@@ -1,6 +1,7 @@
 """Train-step speed: optaxlab's jitted step vs a straightforward PyTorch (nanoGPT-style) one.
 
-For lm_tiny and lm_small (configs/*.py shapes) on CPU: the same transformer (pre-norm RMSNorm,
+For lm_tiny and lm_small (optaxlab/configs/*.py shapes) on CPU: the same transformer
+(pre-norm RMSNorm,
 RoPE, SwiGLU, no biases, untied head) and the same optimizer (Adam b1 0.9 / b2 0.95 after a
 global-norm clip of 1, warmup + cosine schedule), written here in PyTorch (torch.optim.AdamW with
 weight_decay 0, clip_grad_norm_, F.scaled_dot_product_attention: what researchers reach for),
@@ -18,21 +19,19 @@ optaxlab.models.flops_per_token over the device's dense bf16 peak) for lm_small 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import statistics
 import time
 from pathlib import Path
 
+from optaxlab import configs
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_config(name: str):
-    spec = importlib.util.spec_from_file_location(f"config_{name}", ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return configs.get_config(name)
 
 
 # --------------------------------------------------------------------------- ours (JAX)

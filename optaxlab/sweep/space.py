@@ -5,7 +5,7 @@
     space = {"optimizer.learning_rate": log(1e-4, 1e-1), "optimizer.b1": linear(0.8, 0.99)}
     points = (quasirandom(space, trials=16, fixed={"optimizer.name": "adam"})
               + quasirandom(space, trials=16, fixed={"optimizer.name": "signum"}))
-    return sweep(config="configs/lm_tiny.py", points=points, seeds=[0])
+    return sweep(config="lm_tiny", points=points, seeds=[0])
 
 Each call returns a plain list of point dicts, the same kind `product` returns, so grids and
 searches mix. The comparison they make fair is the one of AlgoPerf's external-tuning ruleset: every

@@ -1,12 +1,12 @@
 """Sweep files and their resolution into points.
 
-A sweep file is a Python file with `get_sweep()` (the ml_collections convention of configs/):
+A sweep file is a Python file with `get_sweep()` (the ml_collections convention of configs):
 
     from optaxlab.sweep import log_grid, product, sweep
 
     def get_sweep():
         return sweep(
-            config="configs/lm_tiny.py",                 # the base training config
+            config="lm_tiny",  # the base training config: a shipped name or a file
             overrides={"steps": 300, "monitor.every": 0},  # applied to every point
             points=product({"optimizer.name": ["adam", "signum"],
                             "optimizer.learning_rate": log_grid(1e-4, 1e-2, per_decade=2)}),
@@ -160,8 +160,9 @@ def sweep(config: str, points: Sequence[Mapping[str, Any]] | None = None, *,
     """What `get_sweep()` returns.
 
     Args:
-      config: the base training config file (e.g. "configs/lm_tiny.py"; relative paths are
-        looked up from the working directory, then from the sweep file's folder and its parents).
+      config: the base training config: a file (relative paths are looked up from the working
+        directory, then from the sweep file's folder and its parents) or the name of a config
+        shipped in optaxlab/configs/ (e.g. "lm_tiny").
       points: list of {field: value} dicts (see `product`, `zipped`); default: one point.
       overrides: {field: value} applied to every point (fields as on the trainer's command line).
       seeds: run every point once per seed (sets `seed`).
@@ -380,7 +381,7 @@ def load_sweep_file(path: str | Path) -> dict[str, Any]:
                              f"{', '.join(sorted(valid))}")
     if "config" not in spec:
         raise SweepError(f"{path}: get_sweep() must name the base config, e.g. "
-                         "config='configs/lm_tiny.py'")
+                         "config='lm_tiny' or config='my_config.py'")
     return dict(spec)
 
 

@@ -1,10 +1,10 @@
 """optaxlab.train: sharded Flax NNX training with Orbax checkpoints and TensorBoard logging.
 
   train(config, workdir)   run (or resume) a training config; returns RunResult
-  default_config()         every trainer field with its default (configs/*.py build on it)
+  default_config()         every trainer field with its default (optaxlab/configs/*.py build on it)
   validate(config, ...)    the one-line-error config check, done before the workdir is touched
-  python -m optaxlab.train --config configs/lm_tiny.py --workdir runs/x --config.steps=200
-  python -m optaxlab.train.memory --config configs/lm_160m.py   what fits on which device
+  python -m optaxlab.train --config lm_tiny --workdir runs/x --config.steps=200
+  python -m optaxlab.train.memory --config lm_160m   what fits on which device
 
 Files: config (schema, validation), optim (registry optimizer + schedule), mesh (mesh,
 shardings, batches, multi-host), state (model split, sharded init), step (train/eval step),

@@ -1,4 +1,4 @@
-"""CLI: python -m optaxlab.train --config configs/lm_tiny.py --workdir runs/x [--config.F=V ...]
+"""CLI: python -m optaxlab.train --config lm_tiny --workdir runs/x [--config.F=V ...]
 
 Any config field can be overridden, e.g. --config.steps=200 --config.optimizer.name=signum
 --config.optimizer.learning_rate=3e-4 --config.seed=1 --config.checkpoint_every=50.
@@ -7,7 +7,7 @@ file's hparam values apply only when its optimizer is the same one; nothing carr
 optimizers, and every hparam that differs from the file's same-named value is logged);
 --config.optimizer.<hparam>=V then sets any of its hparams. The name may be a reference to an
 optimizer of one's own: --config.optimizer.name=path/to/file.py:factory or package.module:factory
-(docs/own_optimizer.md). --config lm_tiny names a shipped config (configs/lm_tiny.py).
+(docs/own_optimizer.md). --config lm_tiny names a shipped config (optaxlab/configs/lm_tiny.py).
 A workdir that already holds a checkpoint is resumed; --restart moves an old run aside instead.
 
 Exit codes (optaxlab.train.errors): 0 finished or preempted (SIGTERM; checkpoint saved),
@@ -36,7 +36,7 @@ from ml_collections import config_flags
 from optaxlab.train import errors
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
+config_flags.DEFINE_config_file("config", None, "Training config file (optaxlab/configs/*.py).",
                                 lock_config=False, accept_new_attributes=True)
 flags.DEFINE_string("workdir", None, "Output folder (local or gs://...): checkpoints/, "
                     "tensorboard/, metrics.jsonl, status.json.")
@@ -131,7 +131,7 @@ _NONE_OVERRIDES: list[str] = []
 
 
 def _shipped_config(argv: list[str]) -> list[str]:
-    """`--config lm_tiny` (a name, not a file) -> the shipped configs/lm_tiny.py."""
+    """`--config lm_tiny` (a name, not a file) -> the shipped optaxlab/configs/lm_tiny.py."""
     from optaxlab.train.config import config_file
 
     out = list(argv)
@@ -183,12 +183,12 @@ def main(argv):
         _exit(f"unexpected arguments {argv[1:]}; overrides look like --config.steps=100",
               errors.BAD_INPUT)
     if FLAGS["config"].value is None and not FLAGS["config"].present:
-        _exit("--config is required, e.g. --config configs/lm_tiny.py", errors.BAD_INPUT)
+        _exit("--config is required, e.g. --config lm_tiny", errors.BAD_INPUT)
     if FLAGS.workdir is None:
         _exit("--workdir is required, e.g. --workdir runs/lm_tiny", errors.BAD_INPUT)
     config = _config()
     if config is None:
-        _exit("--config is required, e.g. --config configs/lm_tiny.py", errors.BAD_INPUT)
+        _exit("--config is required, e.g. --config lm_tiny", errors.BAD_INPUT)
     if FLAGS.multihost:
         from optaxlab.train import mesh
 

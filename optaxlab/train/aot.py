@@ -1,6 +1,6 @@
 """Compile the real train step for a GPU / TPU without one, and say whether and how it fits.
 
-    python -m optaxlab.train.aot --config configs/lm_160m.py --target v5e-8 \
+    python -m optaxlab.train.aot --config lm_160m --target v5e-8 \
         [--config.FIELD=VALUE ...] [--json]
     python -m optaxlab.train.aot --table [--json]   # the lm_160m / lm_410m table (`make aot`)
 
@@ -561,12 +561,12 @@ def table_cells() -> list[tuple[str, str, list[str]]]:
                         f"--config.batch_size={batch}"]
                 if attention:
                     over.append(f"--config.model.attention_impl={attention}")
-                cells.append(("configs/lm_160m.py", target, over))
+                cells.append(("optaxlab/configs/lm_160m.py", target, over))
     for target, attention in (("h100-8", "cudnn"), ("v5p-8", None)):
         over = [*mesh, "--config.batch_size=256"]
         if attention:
             over.append(f"--config.model.attention_impl={attention}")
-        cells.append(("configs/lm_410m.py", target, over))
+        cells.append(("optaxlab/configs/lm_410m.py", target, over))
     return cells[:6] + cells[-2:] + cells[6:-2]
 
 
@@ -692,7 +692,7 @@ def _define_flags() -> None:
     from absl import flags
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
+    config_flags.DEFINE_config_file("config", None, "Training config file (optaxlab/configs/*.py).",
                                     lock_config=False, accept_new_attributes=True)
     flags.DEFINE_string("target", None, f"One of {list(hardware.TARGETS)}.")
     flags.DEFINE_bool("json", False, "Print one JSON object instead of the report.")

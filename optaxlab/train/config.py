@@ -1,8 +1,9 @@
 """The trainer's config schema and its validation (done before anything touches the workdir).
 
 A training config is an `ml_collections.ConfigDict` built from `default_config()` by a
-`configs/*.py` file, which fills in `model`, `data` and the optimizer. Every block is locked
-(ml_collections' own key locking: a misspelt field fails where it is set, on the command line
+`optaxlab/configs/*.py` file (or a user's own), which fills in `model`, `data` and the
+optimizer. Every block is locked (ml_collections' own key locking: a misspelt field fails
+where it is set, on the command line
 or in Python) except `optimizer`, whose keys depend on the optimizer. `validate` checks the
 values and raises a one-line `ConfigError` that names the bad field and says what is valid; the
 optimizer's name, hparams and learning rate are checked by the optimizer registry itself
@@ -30,7 +31,7 @@ log = logging.getLogger("optaxlab.train")
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """Every trainer field with its default; configs/*.py start from this.
+    """Every trainer field with its default; optaxlab/configs/*.py start from this.
 
     Fields:
       seed, steps: run seed (init and data order) and number of train steps.
@@ -360,12 +361,12 @@ def unknown_field_message(config, path: str) -> str:
 
 def config_file(arg: str) -> str:
     """The config file `--config ARG` names: ARG itself if it is a file (a `:extra` suffix kept),
-    else, for a bare name such as `lm_tiny`, the shipped config of that name (`configs/NAME.py`
-    next to the package); ARG unchanged when there is none (the loader then reports it)."""
+    else, for a bare name such as `lm_tiny`, the config of that name shipped in the package
+    (`optaxlab/configs/NAME.py`); ARG unchanged when there is none (the loader reports it)."""
     from pathlib import Path
 
     file, sep, extra = arg.partition(":")
     if Path(file).is_file() or "/" in file or file.endswith(".py"):
         return arg
-    shipped = Path(__file__).resolve().parents[2] / "configs" / f"{file}.py"
+    shipped = Path(__file__).resolve().parents[1] / "configs" / f"{file}.py"
     return f"{shipped}{sep}{extra}" if shipped.is_file() else arg

@@ -1,6 +1,6 @@
 """How much device memory a training config needs, and what fits where.
 
-    python -m optaxlab.train.memory --config configs/lm_160m.py [--optimizer adamw]
+    python -m optaxlab.train.memory --config lm_160m [--optimizer adamw]
         [--devices 8 --mesh data,fsdp,tensor] [--config.batch_size=64] [--compile]
 
 Computed from the config, nothing is allocated: parameter and optimizer-state bytes are the
@@ -312,7 +312,7 @@ def _define_flags() -> None:
     from absl import flags
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
+    config_flags.DEFINE_config_file("config", None, "Training config file (optaxlab/configs/*.py).",
                                     lock_config=False, accept_new_attributes=True)
     flags.DEFINE_string("optimizer", None, "Optimizer to size (default: the config's).")
     flags.DEFINE_integer("devices", None, "Number of devices (default: those JAX sees).")

@@ -3,14 +3,13 @@
 metrics.jsonl with every = 1; with every = 0 the optimizer is not wrapped and nothing of the
 monitor runs."""
 
-import importlib.util
 from pathlib import Path
 
 import jax
 import pytest
 from tensorboard.backend.event_processing import event_accumulator as ea
 
-from optaxlab import monitor
+from optaxlab import configs, monitor
 from optaxlab.train import metrics as metrics_lib
 from optaxlab.train import train
 
@@ -18,10 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tiny_lm(steps: int, every: int):
-    spec = importlib.util.spec_from_file_location("config_lm_tiny", ROOT / "configs" / "lm_tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = configs.get_config("lm_tiny")
     c.steps, c.batch_size, c.seq_len = steps, 8, 32
     c.model.d_model, c.model.n_layers, c.model.n_heads, c.model.max_len = 32, 1, 4, 32
     c.log_every, c.eval_every, c.checkpoint_every = 1, 0, 2

@@ -36,7 +36,7 @@ def write_sweep(tmp_path):
         path.write_text(
             "from optaxlab.sweep import log_grid, product, sweep, zipped\n\n"
             f"TINY = {TINY!r}\n"
-            f"CONFIG = {str(ROOT / 'configs' / 'lm_tiny.py')!r}\n\n\n"
+            f"CONFIG = {str(ROOT / 'optaxlab' / 'configs' / 'lm_tiny.py')!r}\n\n\n"
             f"def get_sweep():\n    return {body}\n")
         return path
 

@@ -63,7 +63,7 @@ def clear_point(wd: Path) -> None:
 
 @pytest.fixture
 def grid_sweep(tmp_path):
-    plan = resolve(sweep(config="configs/lm_tiny.py", overrides={"steps": STEPS},
+    plan = resolve(sweep(config="lm_tiny", overrides={"steps": STEPS},
                          points=product({"optimizer.name": ["adam", "signum"],
                                          "optimizer.learning_rate": [1e-3, 3e-3, 1e-2]}),
                          seeds=[0, 1, 2], name="synthetic"))
@@ -155,7 +155,7 @@ def test_plots(grid_sweep, tmp_path):
     png(out["best_curves"])
     assert "![lr_tuning](plots/lr_tuning.png)" in out["summary"].read_text()
     # b1 x b2 heatmap at the best lr: one seed, one group.
-    betas = resolve(sweep(config="configs/lm_tiny.py", overrides={"steps": STEPS},
+    betas = resolve(sweep(config="lm_tiny", overrides={"steps": STEPS},
                           points=product({"optimizer.b1": [0.8, 0.9],
                                           "optimizer.b2": [0.9, 0.95, 0.99],
                                           "optimizer.learning_rate": [1e-3, 3e-3]})))

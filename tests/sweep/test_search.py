@@ -22,7 +22,7 @@ def search_file(path: Path, trials: int, tiny: dict) -> Path:
     path.write_text(
         "from optaxlab.sweep import log, quasirandom, sweep\n\n"
         f"TINY = {tiny!r}\n"
-        f"CONFIG = {str(ROOT / 'configs' / 'lm_tiny.py')!r}\n"
+        f"CONFIG = {str(ROOT / 'optaxlab' / 'configs' / 'lm_tiny.py')!r}\n"
         "SPACE = {'optimizer.learning_rate': log(3e-4, 3e-2)}\n\n\n"
         "def get_sweep():\n"
         "    return sweep(config=CONFIG, overrides=TINY, name='search', target={'loss': 5.3},\n"

@@ -8,7 +8,7 @@ from optaxlab.sweep import SweepError, log_grid, product, resolve, sweep, zipped
 from optaxlab.sweep.driver import select
 from optaxlab.sweep.spec import check_against_disk, load_sweep_file, read_plan, write_plan
 
-CONFIG = "configs/lm_tiny.py"
+CONFIG = "optaxlab/configs/lm_tiny.py"
 
 
 def test_log_grid_is_one_line_and_readable():
@@ -106,14 +106,14 @@ def test_bad_fields_are_named_with_the_valid_ones_before_anything_runs():
     assert "seed" in one_line_error(sweep(config=CONFIG, points=[{"seed": 1}], seeds=[0]))
     assert "group_by" in one_line_error(optimizer_lr_sweep(group_by=["optimizer.b1"]))
     assert "metric='eval'" in one_line_error(optimizer_lr_sweep(metric="eval"))
-    assert "not found" in one_line_error(sweep(config="configs/nope.py"))
+    assert "not found" in one_line_error(sweep(config="nope"))
 
 
 def test_sweep_file_and_plan_round_trip(tmp_path):
     path = tmp_path / "s.py"
     path.write_text("from optaxlab.sweep import sweep\n"
                     "def get_sweep():\n"
-                    "    return sweep(config='configs/lm_tiny.py', points=[{'seed': 3}],"
+                    "    return sweep(config='optaxlab/configs/lm_tiny.py', points=[{'seed': 3}],"
                     " bogus=1)\n")
     with pytest.raises(SweepError, match=r"get_sweep\(\) failed: TypeError: .*'bogus' "
                        r"\(in s.py, line 3\)"):
@@ -121,13 +121,13 @@ def test_sweep_file_and_plan_round_trip(tmp_path):
     path.write_text("def get_sweep(:\n")
     with pytest.raises(SweepError, match=r"SyntaxError: .* \(line 1\)"):
         load_sweep_file(path)
-    path.write_text("def get_sweep():\n    return {'config': 'configs/lm_tiny.py', 'pointz': []}\n")
+    path.write_text("def get_sweep():\n    return {'config': 'lm_tiny', 'pointz': []}\n")
     with pytest.raises(SweepError, match="'pointz' is unknown; valid: config, goal"):
         load_sweep_file(path)
     # The base config is found next to the sweep file or in its parents (sweeps/x.py).
     path.write_text("from optaxlab.sweep import sweep, zipped\n"
                     "def get_sweep():\n"
-                    "    return sweep(config='configs/lm_tiny.py', points=zipped("
+                    "    return sweep(config='optaxlab/configs/lm_tiny.py', points=zipped("
                     "{'optimizer.b1': [0.9, 0.8], 'optimizer.b2': [0.95, 0.99]}))\n")
     plan = resolve(load_sweep_file(path), path)
     assert [p.name for p in plan.points] == ["b1=0.9,b2=0.95", "b1=0.8,b2=0.99"]

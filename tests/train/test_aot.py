@@ -24,7 +24,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _lm_tiny(**over):
     spec = importlib.util.spec_from_file_location("config_lm_tiny",
-                                                  os.path.join(ROOT, "configs", "lm_tiny.py"))
+                                                  os.path.join(ROOT, "optaxlab", "configs",
+                                                               "lm_tiny.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     c = module.get_config()

@@ -2,7 +2,6 @@
 one-line errors, real signals (SIGTERM / SIGINT mid-run, then a rerun equal to the uninterrupted
 losses), the workdir lock between two live processes, a full disk."""
 
-import importlib.util
 import json
 import os
 import re
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from optaxlab import configs
 from optaxlab.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,15 +65,12 @@ def status(workdir):
 
 
 def load_config(name):
-    spec = importlib.util.spec_from_file_location(f"config_{name}", ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return configs.get_config(name)
 
 
 def test_cli_lm_with_optimizer_switch_and_monitor(tmp_path):
     workdir = tmp_path / "lm"
-    proc = run_cli("--config", "configs/lm_tiny.py", "--workdir", str(workdir), *TINY_LM,
+    proc = run_cli("--config", "lm_tiny", "--workdir", str(workdir), *TINY_LM,
                    "--config.optimizer.name=signum", "--config.optimizer.beta=0.8",
                    "--config.optimizer.learning_rate=1e-3", "--config.seed=1",
                    "--config.monitor.every=2")
@@ -99,7 +96,7 @@ def test_cli_lm_with_optimizer_switch_and_monitor(tmp_path):
 
 def test_cli_cnn_digits(tmp_path):
     workdir = tmp_path / "cnn"
-    proc = run_cli("--config", "configs/cnn_digits.py", "--workdir", str(workdir),
+    proc = run_cli("--config", "optaxlab/configs/cnn_digits.py", "--workdir", str(workdir),
                    "--config.steps=3", "--config.eval_every=3", "--config.log_every=1",
                    "--config.monitor.every=0", "--config.progress_bar=false",
                    "--config.checkpoint_every=3")
@@ -121,11 +118,12 @@ def test_cli_cnn_digits(tmp_path):
      r"^error: config\.model\.d_modle: unknown field; valid fields of config\.model: .*d_model"),
     (["--config.steps=abc"], r"^error: flag --config\.steps=abc: invalid literal for int"),
     (["--bogus"], r"^error: Unknown command line flag 'bogus'"),
-    ("missing", r"^error: --config configs/nope\.py: cannot load it \(No such file or directory"),
+    ("missing", r"^error: --config optaxlab/configs/nope\.py: cannot load it "
+                r"\(No such file or directory"),
 ])
 def test_cli_bad_input_is_exit_2_with_one_line(tmp_path, args, expected):
     workdir = tmp_path / "bad"
-    config = "configs/nope.py" if args == "missing" else "configs/lm_tiny.py"
+    config = "optaxlab/configs/nope.py" if args == "missing" else "optaxlab/configs/lm_tiny.py"
     proc = run_cli("--config", config, "--workdir", str(workdir),
                    *([] if args == "missing" else args))
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -137,7 +135,7 @@ def test_cli_bad_input_is_exit_2_with_one_line(tmp_path, args, expected):
 
 def test_cli_verbose_adds_the_traceback(tmp_path):
     workdir = tmp_path / "bad"
-    proc = run_cli("--config", "configs/lm_tiny.py", "--workdir", str(workdir), "--verbose",
+    proc = run_cli("--config", "lm_tiny", "--workdir", str(workdir), "--verbose",
                    "--config.mesh.data=3")
     assert proc.returncode == 2
     assert "Traceback (most recent call last)" in proc.stderr and "ConfigError" in proc.stderr
@@ -151,7 +149,7 @@ def test_cli_token_ids_above_vocab_is_bad_data(tmp_path):
     ids.tofile(data / "train.bin")
     ids[:500].tofile(data / "val.bin")
     workdir = tmp_path / "run"
-    proc = run_cli("--config", "configs/lm_tiny.py", "--workdir", str(workdir), *TINY_LM,
+    proc = run_cli("--config", "lm_tiny", "--workdir", str(workdir), *TINY_LM,
                    "--config.data.name=memmap", f"--config.data.path={data}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
@@ -169,7 +167,7 @@ def test_cli_full_disk_is_exit_4_with_one_line(tmp_path):
     workdir = tmp_path / "run"
     (workdir / "checkpoints").mkdir(parents=True)
     shell = (f"mount -t tmpfs -o size=200k tmpfs {workdir / 'checkpoints'} && exec "
-             + " ".join(command("--config", "configs/lm_tiny.py", "--workdir", str(workdir),
+             + " ".join(command("--config", "lm_tiny", "--workdir", str(workdir),
                                 *TINY_LM, "--config.monitor.every=0")))
     proc = subprocess.run(["unshare", "-m", "sh", "-c", shell], cwd=ROOT, env=_env(),
                           capture_output=True, text=True, timeout=600)
@@ -208,7 +206,7 @@ def test_signal_mid_run_checkpoints_lock_refuses_second_and_rerun_matches(
         tmp_path, tmp_path_factory, signum, code, word):
     cache = tmp_path_factory.getbasetemp().parent / "optaxlab_cli_jax_cache"
     workdir = tmp_path / "run"
-    cmd = command("--config", "configs/lm_tiny.py", "--workdir", str(workdir), *flags(LONG))
+    cmd = command("--config", "lm_tiny", "--workdir", str(workdir), *flags(LONG))
     first = subprocess.Popen(cmd, cwd=ROOT, env=_env(cache), stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(lambda: _logged_step(workdir) >= 3, first)
@@ -216,7 +214,7 @@ def test_signal_mid_run_checkpoints_lock_refuses_second_and_rerun_matches(
         # finish meanwhile): refused at once, nothing of the first run touched.
         first.send_signal(signal.SIGSTOP)
         holder = json.loads((workdir / ".lock").read_text())
-        second = run_cli("--config", "configs/lm_tiny.py", "--workdir", str(workdir),
+        second = run_cli("--config", "lm_tiny", "--workdir", str(workdir),
                          *flags(LONG), cache=cache)
         assert second.returncode == 5, second.stderr[-2000:]
         assert second.stderr.strip().splitlines()[-1] == (
@@ -241,7 +239,7 @@ def test_signal_mid_run_checkpoints_lock_refuses_second_and_rerun_matches(
     assert (st["status"], st["step"], st["exit_code"]) == (word, stop, code)
     assert not (workdir / ".lock").exists()
 
-    rerun = run_cli("--config", "configs/lm_tiny.py", "--workdir", str(workdir), *flags(LONG),
+    rerun = run_cli("--config", "lm_tiny", "--workdir", str(workdir), *flags(LONG),
                     cache=cache)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     got = records(workdir)
@@ -265,7 +263,7 @@ def test_signal_mid_run_checkpoints_lock_refuses_second_and_rerun_matches(
 @pytest.mark.slow
 def test_cli_nonfinite_halt_is_exit_3(tmp_path):
     workdir = tmp_path / "run"
-    proc = run_cli("--config", "configs/lm_tiny.py", "--workdir", str(workdir), *TINY_LM,
+    proc = run_cli("--config", "lm_tiny", "--workdir", str(workdir), *TINY_LM,
                    "--config.monitor.every=0", "--config.optimizer.name=sgd",
                    "--config.optimizer.learning_rate=1e30")
     assert proc.returncode == 3, proc.stderr[-2000:]
@@ -278,7 +276,7 @@ def test_cli_nonfinite_halt_is_exit_3(tmp_path):
 @pytest.mark.slow
 def test_second_sigint_aborts_at_once_without_a_checkpoint(tmp_path):
     workdir = tmp_path / "run"
-    cmd = command("--config", "configs/lm_tiny.py", "--workdir", str(workdir),
+    cmd = command("--config", "lm_tiny", "--workdir", str(workdir),
                   *flags({**LONG, "steps": 3000, "checkpoint_every": 3}))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stderr=subprocess.PIPE, text=True)
     try:
@@ -306,12 +304,12 @@ def test_cli_none_sets_a_field_to_none(tmp_path):
     """--config.FIELD=None (a float field's parser cannot read it) turns e.g. clipping off, also
     after an optimizer switch; a misspelt field is still refused."""
     workdir = tmp_path / "noclip"
-    proc = run_cli("--config", "configs/lm_tiny.py", "--workdir", str(workdir), *TINY_LM,
+    proc = run_cli("--config", "lm_tiny", "--workdir", str(workdir), *TINY_LM,
                    "--config.optimizer.name=signum", "--config.optimizer.max_norm=None")
     assert proc.returncode == 0, proc.stderr[-2000:]
     saved = json.loads((workdir / "config.json").read_text())["optimizer"]
     assert saved["name"] == "signum" and saved["max_norm"] is None
-    proc = run_cli("--config", "configs/lm_tiny.py", "--workdir", str(tmp_path / "bad"),
+    proc = run_cli("--config", "lm_tiny", "--workdir", str(tmp_path / "bad"),
                    *TINY_LM, "--config.optimizer.maxnorm=None")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(

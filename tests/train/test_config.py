@@ -2,26 +2,36 @@
 workdir is touched; unknown fields are refused by ml_collections' key locking; the optimizer
 registry is the one judge of optimizer names, hparams and values; shipped configs validate."""
 
-import importlib.util
 import re
 from pathlib import Path
 
 import ml_collections
 import pytest
 
-from optaxlab import optimizers
+from optaxlab import configs, optimizers
 from optaxlab.train import ConfigError, train
 from optaxlab.train import config as config_lib
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if not p.stem.startswith("_"))
+CONFIGS = sorted(p.stem for p in (ROOT / "optaxlab" / "configs").glob("*.py")
+                 if not p.stem.startswith("_"))
 
 
 def load_config(name):
-    spec = importlib.util.spec_from_file_location(f"config_{name}", ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return configs.get_config(name)
+
+
+def test_configs_ship_in_the_package_and_load_by_name(tmp_path, monkeypatch):
+    assert sorted(configs.NAMES) == CONFIGS  # every file in optaxlab/configs/ is listed
+    monkeypatch.chdir(tmp_path)  # outside the repository: names still resolve
+    path = config_lib.config_file("lm_tiny")
+    assert path == str(ROOT / "optaxlab" / "configs" / "lm_tiny.py")
+    assert config_lib.config_file("lm_tiny:extra") == path + ":extra"
+    assert config_lib.config_file("nope") == "nope"  # the loader then reports it
+    assert configs.get_config("lm_tiny").model.n_layers == 2
+    with pytest.raises(ValueError, match=r"config 'nope': no such shipped config; valid: "
+                                         r"lm_tiny, lm_small"):
+        configs.get_config("nope")
 
 
 @pytest.mark.parametrize("name", CONFIGS)

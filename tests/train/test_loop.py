@@ -3,7 +3,6 @@ restore outcomes (corrupt -> previous, incompatible -> refused untouched, unread
 unmoved), checksums, NaN policies (nothing non-finite is saved), status.json, metrics.jsonl and
 TensorBoard (each step once after any restart)."""
 
-import importlib.util
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from optaxlab import testing
+from optaxlab import configs, testing
 from optaxlab.testing import nonfinite_at
 from optaxlab.train import (
     IncompatibleCheckpointError,
@@ -34,10 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_config(name):
-    spec = importlib.util.spec_from_file_location(f"config_{name}", ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return configs.get_config(name)
 
 
 def tiny_lm(**fields):

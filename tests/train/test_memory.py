@@ -1,7 +1,6 @@
 """The memory tool: its parameter and optimizer-state bytes are the real ones of an initialized
 lm_tiny state; its activation estimate scales as the formula says; the command runs."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from optaxlab import configs
 from optaxlab.train import config as config_lib
 from optaxlab.train import memory, optim
 from optaxlab.train import mesh as mesh_lib
@@ -18,10 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_config(name):
-    spec = importlib.util.spec_from_file_location(f"config_{name}", ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return configs.get_config(name)
 
 
 def nbytes(tree) -> int:
@@ -97,7 +94,7 @@ def test_remat_and_logits_chunk_shrink_the_kept_activations():
 
 def test_memory_command(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "optaxlab.train.memory", "--config", "configs/lm_160m.py",
+        [sys.executable, "-m", "optaxlab.train.memory", "--config", "optaxlab/configs/lm_160m.py",
          "--devices", "8", "--mesh", "1,-1,1", "--optimizer", "signum"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -2,7 +2,6 @@
 only its own rows of the global batch; SIGTERM to one of them stops both at the same step with a
 complete checkpoint, and the relaunch resumes the uninterrupted trajectory."""
 
-import importlib.util
 import json
 import os
 import re
@@ -16,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from optaxlab import configs
 from optaxlab.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,10 +25,7 @@ OVERRIDES = {"steps": 6, "batch_size": 8, "seq_len": 32, "model.max_len": 32, "m
 
 
 def load_config(name, overrides):
-    spec = importlib.util.spec_from_file_location(f"config_{name}", ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = configs.get_config(name)
     for key, value in overrides.items():
         node = config
         *parents, leaf = key.split(".")
@@ -45,7 +42,7 @@ def two_processes(workdir, logs, overrides):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(LOG_DIR=str(logs), PYTHON=sys.executable)
     return subprocess.Popen(
-        [str(ROOT / "tpu_scripts" / "local_two_process.sh"), "--config", "configs/lm_tiny.py",
+        [str(ROOT / "tpu_scripts" / "local_two_process.sh"), "--config", "lm_tiny",
          "--workdir", str(workdir), *args],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

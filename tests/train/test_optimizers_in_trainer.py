@@ -2,7 +2,6 @@
 its eval point x (not at the y its gradients are taken at), Muon partitions the transformer's
 leaves by name (matrices Muon, embedding / head / norms Adam)."""
 
-import importlib.util
 from pathlib import Path
 
 import jax
@@ -11,8 +10,8 @@ import numpy as np
 import optax
 import pytest
 
+from optaxlab import configs, optimizers
 from optaxlab import data as data_lib
-from optaxlab import optimizers
 from optaxlab.train import IncompatibleCheckpointError, optim, train
 from optaxlab.train import config as config_lib
 from optaxlab.train import mesh as mesh_lib
@@ -25,10 +24,7 @@ ONE = jax.devices()[:1]
 
 def _config(name, **hparams):
     """lm_tiny shrunk (as tests/train/test_loop.py does) with optimizer `name`, constant lr."""
-    spec = importlib.util.spec_from_file_location("config_lm_tiny", ROOT / "configs/lm_tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = configs.get_config("lm_tiny")
     c.steps, c.batch_size, c.seq_len, c.log_every = 6, 8, 32, 1
     c.model.d_model, c.model.n_layers, c.model.n_heads, c.model.max_len = 32, 1, 4, 32
     c.eval_every, c.eval_batches, c.checkpoint_every = 6, 2, 5

@@ -1,7 +1,6 @@
 """The one host loop (`optaxlab.train.run`): a solo run and the same point run as a group of one
 write the same files; throughput fields; the profiler window."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from optaxlab import configs
 from optaxlab.train import ConfigError, train
 from optaxlab.train import config as config_lib
 from optaxlab.train import metrics as metrics_lib
@@ -22,10 +22,7 @@ RTOL = 2e-6  # float32 round-off: the group's program is another compiled graph 
 
 
 def tiny_lm(**fields):
-    spec = importlib.util.spec_from_file_location("config_lm_tiny", ROOT / "configs" / "lm_tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = configs.get_config("lm_tiny")
     c.steps, c.batch_size, c.seq_len, c.log_every = 6, 8, 32, 1
     c.model.d_model, c.model.n_layers, c.model.n_heads, c.model.max_len = 32, 1, 4, 32
     c.eval_every, c.eval_batches, c.checkpoint_every = 3, 2, 3

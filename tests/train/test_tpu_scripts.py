@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAINER = ["--config", "configs/lm_160m.py", "--workdir", "gs://my-bucket/runs/lm 160m",
+TRAINER = ["--config", "optaxlab/configs/lm_160m.py", "--workdir", "gs://my-bucket/runs/lm 160m",
            "--config.mesh.fsdp=-1"]
 
 
@@ -34,7 +34,7 @@ def test_pod_launch_names_every_worker_and_the_exact_command():
         remote = argv[10]
         assert remote == (
             "cd optaxlab && mkdir -p $HOME/optaxlab_logs && { nohup .venv/bin/python -m "
-            "optaxlab.train --multihost --config configs/lm_160m.py --workdir "
+            "optaxlab.train --multihost --config lm_160m --workdir "
             "gs://my-bucket/runs/lm\\ 160m --config.mesh.fsdp=-1 > "
             f"$HOME/optaxlab_logs/worker_{i}.log 2>&1 < /dev/null & echo $! > "
             f"$HOME/optaxlab_logs/worker_{i}.pid; }}")

@@ -8,7 +8,6 @@ inside, and (3) XLA compiles the vmapped (batched) matmuls and reductions with o
 orders and fusions. Each step's difference is an ulp or two; it grows slowly over steps.
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from optaxlab import testing
+from optaxlab import configs, testing
 from optaxlab.train import ConfigError, train
 from optaxlab.train import metrics as metrics_lib
 from optaxlab.train import vectorized as V
@@ -30,10 +29,7 @@ RTOL = 2e-6  # float32 round-off over a few steps (measured: 2.9e-7 on lm_tiny, 
 
 
 def load_config(name):
-    spec = importlib.util.spec_from_file_location(f"config_{name}", ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return configs.get_config(name)
 
 
 def _set(c, fields):

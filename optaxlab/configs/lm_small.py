@@ -1,7 +1,7 @@
 """lm_small: a 4-layer, d_model 256 byte-level transformer LM (CPU-trainable in an hour, fast
 on one GPU).
 
-python -m optaxlab.train --config configs/lm_small.py --workdir runs/lm_small
+python -m optaxlab.train --config lm_small --workdir runs/lm_small
 """
 
 import ml_collections

@@ -1,6 +1,6 @@
 """lm_tiny: a 2-layer byte-level transformer LM that trains on 2 CPU cores in about a minute.
 
-python -m optaxlab.train --config configs/lm_tiny.py --workdir runs/lm_tiny
+python -m optaxlab.train --config lm_tiny --workdir runs/lm_tiny
 """
 
 import ml_collections
