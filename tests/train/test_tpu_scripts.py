@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAINER = ["--config", "optaxlab/configs/lm_160m.py", "--workdir", "gs://my-bucket/runs/lm 160m",
+TRAINER = ["--config", "lm_160m", "--workdir", "gs://my-bucket/runs/lm 160m",
            "--config.mesh.fsdp=-1"]
 
 
