@@ -530,7 +530,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         # Every selected point's config, values included, before anything is written or runs
         # (printed commands and Slurm scripts run elsewhere: their meshes are checked alone).
         elsewhere = args.print_commands or args.slurm_array
-        check_points(plan, points, None if elsewhere else local_device_count())
+        configs = check_points(plan, points, None if elsewhere else local_device_count())
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -552,7 +552,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
                 print("        hparams: " + ", ".join(f"{k}={format_value(v)}"
                                                    for k, v in p.hparams.items()))
         if args.vectorize and would:
-            runner = runner_lib.GroupRunner(plan, sweep_dir, env, max_members=args.max_members)
+            runner = runner_lib.GroupRunner(plan, sweep_dir, env, max_members=args.max_members,
+                                            configs=configs)
             todo = [p for p in points if outcome.point_state(
                 p.workdir(sweep_dir), p.steps).status not in (*outcome.DONE, outcome.RUNNING)]
             keys: dict[Any, list[Point]] = {}
@@ -599,7 +600,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
             if env:
                 progress.event(f"compilation cache: {env['JAX_COMPILATION_CACHE_DIR']}")
         progress.event(f"log: {sweep_dir / LOG}")
-        runner = (runner_lib.GroupRunner(plan, sweep_dir, env, max_members=args.max_members)
+        runner = (runner_lib.GroupRunner(plan, sweep_dir, env, max_members=args.max_members,
+                                         configs=configs)
                   if args.vectorize else runner_lib.SubprocessRunner(plan, sweep_dir, env))
         driver = Driver(plan, sweep_dir, runner, min(args.workers, max(len(todo), 1)),
                         progress, pin=not args.no_pin)

@@ -38,7 +38,7 @@ import sys
 import time
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from optaxlab.sweep import outcome
 from optaxlab.sweep.spec import Plan, Point
@@ -273,13 +273,14 @@ class GroupRunner(SubprocessRunner):
     trainers."""
 
     def __init__(self, plan: Plan, sweep_dir: Path, env: Mapping[str, str] | None = None,
-                 python: str | None = None, max_members: int | None = None):
+                 python: str | None = None, max_members: int | None = None,
+                 configs: Mapping[str, Any] | None = None):
         super().__init__(plan, sweep_dir, env, python)
         self.max_members = max_members
         self.solo_reasons: dict[str, str] = {}
         # A group to resume: its points -> its members in checkpoint order (diverged ones too)
         self._resume: dict[frozenset[str], list[str]] = {}
-        self._configs: dict[str, object] = {}
+        self._configs: dict[str, object] = dict(configs or {})  # check_points' (built once)
         self._groupable: dict[str, str | None] = {}
         self._base = None
 

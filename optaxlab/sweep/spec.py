@@ -613,13 +613,14 @@ def resolve(spec: Mapping[str, Any], sweep_file: str | Path | None = None) -> Pl
 
 
 def check_points(plan: Plan, points: Sequence[Point] | None = None,
-                 num_devices: int | None = None) -> None:
+                 num_devices: int | None = None) -> dict[str, ml_collections.ConfigDict]:
     """Build and validate every point's full training config as its trainer will (names and
     values: the optimizer's hparams, the schedule, data fields, the mesh) before anything runs.
 
     `num_devices`: the devices a point's trainer will see (the mesh is checked against it);
-    None checks each mesh only for itself (a command printed to run elsewhere). Raises one
-    SweepError listing every bad point, one line each.
+    None checks each mesh only for itself (a command printed to run elsewhere). Returns
+    {point name: its validated config} (the runner reuses them: built and checked once); raises
+    one SweepError listing every bad point, one line each.
     """
     from optaxlab.train import config as config_lib
     from optaxlab.train import errors
@@ -630,7 +631,7 @@ def check_points(plan: Plan, points: Sequence[Point] | None = None,
     except Exception as e:  # noqa: BLE001 - any failure of the user's config file
         raise SweepError(f"config={plan.config!r}: get_config() failed: {_one_line(e)}") from e
     file_optimizer = copy.deepcopy(base.optimizer)
-    bad = []
+    bad, configs = [], {}
     chosen = plan.points if points is None else points
     for p in chosen:
         try:
@@ -638,6 +639,7 @@ def check_points(plan: Plan, points: Sequence[Point] | None = None,
             sizes = [s for s in (cfg.mesh.get(a) for a in config_lib.AXES)
                      if isinstance(s, int) and s > 0]
             config_lib.validate(cfg, num_devices=num_devices or math.prod(sizes))
+            configs[p.name] = cfg
         except SweepError as e:
             bad.append(f"  {p.name}: {str(e).replace(f' (point {p.name})', '')}")
         except ValueError as e:  # the trainer's ConfigError: one line naming the field
@@ -646,6 +648,7 @@ def check_points(plan: Plan, points: Sequence[Point] | None = None,
         where = f" on {num_devices} device(s)" if num_devices else ""
         raise SweepError(f"{len(bad)} of {len(chosen)} point(s) have an invalid config{where}; "
                          "nothing ran:\n" + "\n".join(bad))
+    return configs
 
 
 TARGET_KEYS = ("loss", "eval_loss", "eval_perplexity", "eval_accuracy")
