@@ -313,7 +313,9 @@ def _metric_text(plan: Plan, s: Setting | None) -> str:
     if s is None or s.mean is None:
         return "no result"
     if math.isinf(s.mean):
-        return f"diverged ({s.diverged}/{len(s.rows)} seeds)"
+        parts = [f"{what} ({n}/{len(s.rows)} seeds)" for what, n in
+                 (("diverged", s.diverged), ("stalled", s.stalled)) if n]
+        return ", ".join(parts) or "non-finite metric"
     sign = 1.0 if plan.goal == "min" else -1.0
     n = len(s.scores)
     spread = f" ± {s.std:.2g}" if s.std is not None else ""
@@ -494,13 +496,15 @@ def summary_markdown(plan: Plan, rows: list[dict[str, Any]], groups: dict[str, G
             lines += ["", f"> **Warning:** {w}."]
         if plan.tune:
             lines += ["", f"| {' | '.join(plan.short(f) for f in plan.tune)} | {plan.metric} | "
-                      "seeds | diverged |", "|" + "---|" * (len(plan.tune) + 3)]
+                      "seeds | diverged / stalled at |", "|" + "---|" * (len(plan.tune) + 3)]
             for s in sorted(g.settings.values(), key=lambda s: [
                     (0, v) if isinstance(v, (int, float)) else (1, str(v))
                     for v in s.values.values()]):
                 mark = " **(best)**" if s is b else ""
-                div = ", ".join(f"step {r['diverged_step']}" for r in s.rows
-                                if r["status"] == outcome.DIVERGED) or "-"
+                div = ", ".join(
+                    f"step {r['diverged_step']}" + (" (stalled)" if r["status"] ==
+                                                     outcome.STALLED else "")
+                    for r in s.rows if r["status"] in (outcome.DIVERGED, outcome.STALLED)) or "-"
                 cells = " | ".join(format_value(v) for v in s.values.values())
                 lines.append(f"| {cells} | {_metric_text(plan, s)}{mark} | {len(s.rows)} | "
                              f"{div} |")

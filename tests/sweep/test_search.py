@@ -88,3 +88,33 @@ def test_quasirandom_search_killed_resumed_and_extended(sweep_env, sweep_cli, ti
     assert "## Equal tuning budgets" in summary and "| best of 16 |" in summary
     assert "With 16 trials each, optimizer=" in summary
     assert "## Time to target" in summary and "Target: loss <= 5.3" in summary
+
+
+def test_blown_up_and_dead_points_are_results_not_numbers(write_sweep, sweep_cli, tiny,
+                                                          tmp_path):
+    # Sweeps run with health.policy=halt: Adam at lr 100 without clipping blows the loss up to
+    # more than 10x its first value (finite: the non-finite check never fires), SGD at lr 1e-9
+    # does not learn. Both run vectorized with a healthy point, and end as results with reasons.
+    path = write_sweep("""sweep(config=CONFIG, overrides={**TINY, "steps": 20, "eval_every": 0},
+        points=[{"optimizer.name": "adam", "optimizer.learning_rate": 100.0,
+                 "optimizer.max_norm": None},
+                {"optimizer.name": "adam", "optimizer.learning_rate": 3e-3,
+                 "optimizer.max_norm": None},
+                {"optimizer.name": "sgd", "optimizer.learning_rate": 1e-9}])""")
+    out = tmp_path / "H"
+    proc = sweep_cli(path, "--workdir", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]  # diverged and stalled are results
+    rows = {r["name"]: r for r in read_csv(out / "results.csv")}
+    blown = rows["optimizer=adam,lr=100,max_norm=None"]
+    assert blown["status"] == "diverged" and "max_loss_ratio 10" in blown["message"]
+    assert int(blown["diverged_step"]) < 20 and blown["exit_code"] == "3"
+    assert rows["optimizer=adam,lr=0.003,max_norm=None"]["status"] == "finished"
+    dead = rows["optimizer=sgd,lr=1e-09"]  # (sgd has no max_norm: not in its name)
+    assert dead["status"] == "stalled" and "never below" in dead["message"]
+    assert dead["exit_code"] == "6" and int(dead["diverged_step"]) == 10
+    summary = (out / "summary.md").read_text()
+    assert "health.policy=halt" in summary
+    assert "| 1 | optimizer=adam | lr=0.003 |" in summary  # the blown-up point is not ranked
+    assert "| 2 | optimizer=sgd | lr=1e-09 | stalled (1/1 seeds) |" in summary
+    assert "| 100 | diverged (1/1 seeds) | 1 | step " in summary
+    assert "| 1e-09 | stalled (1/1 seeds) **(best)** | 1 | step 10 (stalled) |" in summary
