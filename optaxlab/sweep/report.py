@@ -46,18 +46,22 @@ from optaxlab.train.grouping import GROUP_JSON
 
 # Columns after the swept fields. Timing columns differ between two runs of the same point.
 # Cost: `train_s` is the measured training time of the program that ran the point (in a
-# vectorized group of K members, the group's); `cost_s` is the point's own share, `cost_basis`
-# says how it was obtained: "measured" (a solo run) or "apportioned 1/K" (a group member: every
-# member of a group runs the same computation, so each costs 1/K of the group's time). The
-# `target_*` columns: where the point first reached the sweep's target (empty if never).
+# vectorized group of K members, the group's). The point's own cost is in one of two columns
+# whose names say how it was obtained: `cost_s_measured` (a solo run: its own time) or
+# `cost_s_apportioned` (a member of a group of K = `members`: 1/K of the group's time; every
+# member of a group runs the same computation, and optimizers never share a group). The
+# `target_*` columns: where the point first reached the sweep's target (empty if never), its
+# seconds by the same two rules.
+COST_COLUMNS = ("cost_s_measured", "cost_s_apportioned")
+TARGET_COST_COLUMNS = ("target_s_measured", "target_s_apportioned")
 COLUMNS = ("status", "step", "steps", "diverged_step", "exit_code", *METRIC_COLUMNS,
            "skipped_steps", "tokens_per_sec", "examples_per_sec", "train_s", "wall_s",
-           "members", "cost_s", "cost_basis", "target_step", "target_tokens", "target_cost_s",
+           "members", *COST_COLUMNS, "target_step", "target_tokens", *TARGET_COST_COLUMNS,
            "message", "workdir")
 # Columns that differ between two runs of the same point: timings, and how it ran (solo or in a
 # vectorized group of K).
 TIMING_COLUMNS = ("tokens_per_sec", "examples_per_sec", "train_s", "wall_s", "members",
-                  "cost_s", "cost_basis", "target_cost_s")
+                  *COST_COLUMNS, *TARGET_COST_COLUMNS)
 RESULTS_CSV, SUMMARY_MD, PLOTS_DIR = "results.csv", "summary.md", "plots"
 
 
@@ -110,18 +114,36 @@ def point_row(plan: Plan, point: Point, sweep_dir: Path) -> dict[str, Any]:
         examples_per_sec=_median(_finite([r.get("examples_per_sec") for r in records])),
         train_s=round(train_s, 3) if train_s else None,
         wall_s=outcome.read_outcome(wd).get("wall_s"),
-        members=members, cost_s=round(train_s / members, 3) if train_s else None,
-        cost_basis=("measured" if members == 1 else f"apportioned 1/{members}")
-        if train_s else None,
+        members=members,
+        **_cost(COST_COLUMNS, train_s if train_s else None, members),
         target_step=reached,
         target_tokens=round(reached * per_step) if reached and per_step else None,
-        target_cost_s=round(elapsed.get(reached, 0.0) / members, 3) if reached else None,
+        **_cost(TARGET_COST_COLUMNS, elapsed.get(reached) if reached else None, members),
         message=state.message, workdir=str(wd.relative_to(sweep_dir)),
     )
     return row
 
 
 HPARAM_PREFIX = "hp."
+
+
+def _cost(columns: tuple[str, str], seconds: float | None, members: int) -> dict[str, Any]:
+    """{measured column: seconds} for a solo point, {apportioned column: seconds / K} for a
+    member of a group of K; the other column empty."""
+    measured, apportioned = columns
+    if seconds is None:
+        return {measured: None, apportioned: None}
+    if members == 1:
+        return {measured: round(seconds, 3), apportioned: None}
+    return {measured: None, apportioned: round(seconds / members, 3)}
+
+
+def point_cost(row: dict[str, Any], columns: tuple[str, str] = COST_COLUMNS) -> float | None:
+    """A point's own cost in seconds, whichever way it was obtained."""
+    for c in columns:
+        if row.get(c) not in (None, ""):
+            return float(row[c])
+    return None
 
 
 def first_at_target(records: Sequence[dict[str, Any]], target: dict[str, float] | None
@@ -405,15 +427,18 @@ def target_table(plan: Plan, groups: Sequence[Group]) -> list[str]:
     lines = ["## Time to target", "",
              f"Target: {key} {'>=' if 'accuracy' in key else '<='} {format_value(value)}; per "
              "group its fastest setting whose every seed reached it (mean over seeds). "
-             "Seconds are each point's own cost (`cost_basis` in results.csv: measured for a "
-             "solo run, 1/K of its group's time for a member of a vectorized group of K).", "",
+             "Seconds are each point's own cost: measured for a solo run, apportioned (1/K of "
+             "its group's time) for a member of a vectorized group of K (results.csv: "
+             "`target_s_measured` / `target_s_apportioned`).", "",
              "| rank | group | setting | step | tokens | seconds |", "|---|---|---|---|---|---|"]
     for i, (steps, g, s) in enumerate(sorted(best, key=lambda t: t[0])):
         tokens = [r["target_tokens"] for r in s.rows if r.get("target_tokens") is not None]
-        secs = [r["target_cost_s"] for r in s.rows if r.get("target_cost_s") is not None]
+        secs = [c for c in (point_cost(r, TARGET_COST_COLUMNS) for r in s.rows) if c is not None]
+        how = {"apportioned" if r.get(TARGET_COST_COLUMNS[1]) is not None else "measured"
+               for r in s.rows}
+        sec_text = f"{statistics.fmean(secs):.3g} ({'/'.join(sorted(how))})" if secs else "-"
         lines.append(f"| {i + 1} | {g.name} | {_setting_text(plan, s.values)} | {steps:.4g} | "
-                     f"{f'{statistics.fmean(tokens):.4g}' if tokens else '-'} | "
-                     f"{f'{statistics.fmean(secs):.3g}' if secs else '-'} |")
+                     f"{f'{statistics.fmean(tokens):.4g}' if tokens else '-'} | {sec_text} |")
     never = [g.name for g in groups if g not in [b[1] for b in best]]
     if never:
         lines += ["", f"Never reached with every seed: {', '.join(never)}."]
