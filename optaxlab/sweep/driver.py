@@ -499,6 +499,8 @@ def _report_stale(plan: Plan, sweep_dir: Path) -> bool:
     if not results.exists():
         return True
     t = results.stat().st_mtime
+    if (sweep_dir / SWEEP_JSON).stat().st_mtime > t:  # the sweep changed (its target, say)
+        return True
     for p in plan.points:
         wd = p.workdir(sweep_dir)
         for name in (outcome.METRICS, outcome.EXIT_CODE_FILE, outcome.STATUS_JSON,

@@ -755,7 +755,8 @@ def write_plan(plan: Plan, sweep_dir: Path, env: Mapping[str, str] | None = None
     (sweep_dir / POINTS_DIR).mkdir(parents=True, exist_ok=True)
     data = plan.to_json()
     data["env"] = dict(env or {})
-    outcome.write_json(sweep_dir / SWEEP_JSON, data)
+    if outcome.read_json(sweep_dir / SWEEP_JSON) != json.loads(json.dumps(data, default=repr)):
+        outcome.write_json(sweep_dir / SWEEP_JSON, data)  # only when the sweep changed
     for p in plan.points:
         wd = p.workdir(sweep_dir)
         wd.mkdir(parents=True, exist_ok=True)
