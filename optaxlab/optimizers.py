@@ -1768,6 +1768,10 @@ def register(name: str, factory: Callable[..., optax.GradientTransformation] | N
     build.__doc__ = factory.__doc__
     build.__wrapped__ = factory  # type: ignore[attr-defined]
     defaults = {**own, **{k: _COMMON_DEFAULTS[k] for k in common}}
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD  # (inject_hyperparams binds by it)
+    build.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("learning_rate", kind),
+         *(inspect.Parameter(k, kind, default=v) for k, v in defaults.items())])
     row = Optimizer(name=name, factory=build, defaults=defaults,
                     types={**kinds, **{k: _COMMON_TYPES[k] for k in common}}, rules=rules,
                     static=tuple(static), common=common, joint=joint,
