@@ -94,6 +94,7 @@ _NS_PRESETS = ("standard", "dion")
 
 
 def _check_ns_coeffs(name: str, value: Any) -> None:
+    """muon's ``ns_coeffs``: a preset name, one triple (a, b, c) or a list of triples."""
     what = f"must be (a, b, c), a list of such triples, or a preset in {list(_NS_PRESETS)}"
     if isinstance(value, str):
         if value not in _NS_PRESETS:
@@ -264,6 +265,7 @@ def _unknown(row: Optimizer, hparams: dict[str, Any]) -> None:
         msg = (f"Unknown keyword(s) {unknown} for optimizer {row.name!r}; valid keywords: "
                f"{', '.join(row.defaults)}.")
         raise HparamError(None, unknown, msg, msg)
+
 
 # Theory mappings of the built-ins (the monitor's overlay: Adam's update law, "Distributional
 # Properties of Adaptive Gradients"). RMSprop is Adam with b1 = 0; Adam with equal betas has

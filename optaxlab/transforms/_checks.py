@@ -210,5 +210,5 @@ def check_init(init: Any, debias: bool) -> None:
 def check_nesterov_dampening(nesterov: Any, dampening: Any) -> None:
     """torch's rule: Nesterov momentum needs ``dampening=0`` (an injected array can't be
     checked)."""
-    if nesterov and is_number(dampening) and dampening != 0:
+    if is_number(dampening) and dampening != 0 and nesterov:
         fail("dampening", dampening, "must be 0 with nesterov=True (torch semantics)")
