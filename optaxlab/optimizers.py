@@ -29,22 +29,27 @@ Common keywords (accepted by every optimizer unless its docstring says otherwise
 
 Registry: a table of ``Optimizer`` rows (``entry(name)``: factory, defaults, config types,
 validation rules, static keywords, the common keywords it takes, the monitor's theory mapping,
-references), read by ``create(name, learning_rate, **hparams)``, ``names()``, ``hparams(name)``,
-``hparam_types(name)``, ``static_hparams(name)``, ``theory_settings(name, hparams)``,
-``get(name)``, and ``eval_params(opt_state, params)`` (schedule-free's evaluation point; the
-identity for every other optimizer). The papers' optimizers are written as *directions* (the
-list of transforms between the raw-gradient steps and the decoupled decay); the registry adds
-the five common keywords and ``-learning_rate`` to each, once (``_with_common``).
+references), read by ``create(name, learning_rate, **hparams)``, ``check(name, learning_rate,
+**hparams)``, ``names()``, ``hparams(name)``, ``hparam_types(name)``, ``static_hparams(name)``,
+``theory_settings(name, hparams)``, ``get(name)``, and ``eval_params(opt_state, params)``
+(schedule-free's evaluation point; the identity for every other optimizer). The papers'
+optimizers are written as *directions* (the list of transforms between the raw-gradient steps
+and the decoupled decay); the registry adds the five common keywords and ``-learning_rate`` to
+each, once (``_with_common``).
 
 Your own optimizer: ``register(name, factory, *, hparams=None, theory=None, static=())`` (or
 ``@register(name)``), or a reference ``package.module:factory`` / ``path/to/file.py:factory``
 anywhere a name is accepted (``resolve``); see docs/own_optimizer.md. ``untraceable(name,
 hparams, traced)`` checks a factory once by abstract evaluation with traced hparams.
 
-Validation: a bad value raises ``ValueError`` with one line that starts with the keyword and the
-value and says what is valid ("learning_rate=nan: must be a finite number > 0 or an optax
-schedule", "b2=1.5: must be in [0, 1)"). Only concrete Python / numpy values are checked: JAX
-arrays (concrete or traced) and schedules pass, so every factory works under
+Validation: a bad value raises ``HparamError`` (a ``ValueError`` carrying ``field`` and
+``value``) with one line that starts with the keyword and the value and says what is valid
+("learning_rate=nan: must be a finite number > 0 or an optax schedule", "b2=1.5: must be in
+[0, 1)"). The rules are the table's (``_RULES`` per keyword, ``_JOINT`` across keywords) and run
+in one function, ``_validate``, from the factories (so ``create`` and ``get(name)(...)``) and
+from ``check(name, learning_rate, **hparams)``, which validates without building anything.
+Only concrete Python / numpy values are checked: JAX arrays (concrete or traced) and schedules
+pass, so every factory works under
 ``optax.inject_hyperparams`` — inject every numeric hyperparameter except
 ``static_hparams(name)`` (loop counts and sizes): ``optax.inject_hyperparams(get(name),
 static_args=static_hparams(name))(lr, **hparams)``. A callable ``mask`` must be static too.
@@ -72,7 +77,7 @@ import optax.contrib
 
 from optaxlab import transforms as T
 from optaxlab.transforms import _checks as C
-from optaxlab.transforms._checks import is_number
+from optaxlab.transforms._checks import HparamError, is_number
 
 ScalarOrSchedule = float | jax.Array | optax.Schedule
 Mask = Any
@@ -83,6 +88,26 @@ _p = functools.partial
 _DECAY = C.check_decay
 _NONNEG = C.check_nonnegative
 _BOOL = C.check_bool
+
+# optax.contrib.muon's Newton-Schulz presets (optax raises only when the optimizer is built)
+_NS_PRESETS = ("standard", "dion")
+
+
+def _check_ns_coeffs(name: str, value: Any) -> None:
+    """muon's ``ns_coeffs``: a preset name, one triple (a, b, c) or a list of triples."""
+    what = f"must be (a, b, c), a list of such triples, or a preset in {list(_NS_PRESETS)}"
+    if isinstance(value, str):
+        if value not in _NS_PRESETS:
+            C.fail(name, value, what)
+        return
+    if isinstance(value, jax.Array):
+        return
+    triple = lambda t: (isinstance(t, (tuple, list)) and len(t) == 3
+                        and all(C.is_host_number(x) or isinstance(x, jax.Array) for x in t))
+    if not (triple(value) or (isinstance(value, (tuple, list)) and value
+                              and all(triple(t) for t in value))):
+        C.fail(name, value, what)
+
 
 # keyword -> check(name, value); the same keyword means the same thing in every optimizer
 _RULES: dict[str, Callable[[str, Any], None]] = {
@@ -113,7 +138,41 @@ _RULES: dict[str, Callable[[str, Any], None]] = {
     "warmup_steps": _p(C.check_int, minimum=0, optional=True),
     "preconditioning": _p(C.check_choice, choices=("frobenius", "spectral", "aol", "schatten")),
     "adam_params": C.check_regex,
+    "ns_coeffs": _check_ns_coeffs,
 }
+
+
+def _check_warmup(learning_rate: Any, warmup_steps: Any) -> None:
+    if warmup_steps is not None and callable(learning_rate):
+        C.fail("warmup_steps", warmup_steps,
+               "needs a number as learning_rate (a schedule brings its own warmup)")
+
+
+# rules on several keywords at once, checked after each keyword's own rule, in every row that
+# has all of them: (keywords) -> check(*values)
+_JOINT: dict[tuple[str, ...], Callable[..., None]] = {
+    ("init", "bias_correction"): C.check_init,
+    ("nesterov", "dampening"): C.check_nesterov_dampening,
+    ("learning_rate", "warmup_steps"): _check_warmup,
+}
+
+
+def _joint(keys) -> tuple[tuple[str, ...], ...]:
+    """The cross-keyword rules (`_JOINT` keys) that apply to a row with keywords `keys`."""
+    return tuple(k for k in _JOINT if set(k) <= set(keys))
+
+
+def _validate(rules: dict[str, Any], joint: tuple[tuple[str, ...], ...],
+              values: dict[str, Any]) -> None:
+    """Every value of `values` checked by its rule (in order), then the cross-keyword rules
+    whose keywords are all in `values`: the one place a value is validated."""
+    for key, value in values.items():
+        if rules.get(key) is not None:
+            rules[key](key, value)
+    for keys in joint:
+        if all(k in values for k in keys):
+            _JOINT[keys](*(values[k] for k in keys))
+
 
 # keywords that must stay static under optax.inject_hyperparams (Python ints that set a loop
 # count, a shape or a schedule's length; strings, bools and None are static anyway)
@@ -150,6 +209,8 @@ class Optimizer:
       defaults: every keyword but ``learning_rate`` and its default (the common ones included).
       types: the Python type a config field of each keyword takes (None: not a config value).
       rules: keyword -> check(name, value); values are validated here and nowhere else.
+      joint: the cross-keyword rules that apply (keys of ``_JOINT``, e.g. ('init',
+        'bias_correction')), checked after the keywords' own rules.
       static: keywords that must stay static under ``optax.inject_hyperparams``.
       common: the common keywords the registry applies around the direction.
       theory: {watch field: hparam name or number} for the monitor's theory overlay (b1, b2,
@@ -165,9 +226,21 @@ class Optimizer:
     rules: dict[str, Callable[[str, Any], None] | None]
     static: tuple[str, ...] = ()
     common: tuple[str, ...] = ()
+    joint: tuple[tuple[str, ...], ...] = ()
     theory: dict[str, str | float] | None = None
     references: str = ""
     builtin: bool = True
+
+    def check(self, hparams: dict[str, Any], learning_rate: Any = None, *,
+              with_learning_rate: bool = False) -> dict[str, Any]:
+        """Every value of `hparams` (and `learning_rate` if `with_learning_rate`) checked by the
+        row's rules, building nothing; returns the hparams with the defaults filled in.
+        Raises an ``HparamError`` naming the first bad keyword (or the unknown ones)."""
+        _unknown(self, hparams)
+        values = {**self.defaults, **hparams}
+        lr = {"learning_rate": learning_rate} if with_learning_rate else {}
+        _validate(self.rules, self.joint, {**lr, **values})
+        return values
 
     def theory_settings(self, hparams: dict[str, Any]) -> dict[str, Any]:
         """The monitor's theory settings for these hparams ({} if there is no theory)."""
@@ -183,6 +256,16 @@ class Optimizer:
 
 
 _TABLE: dict[str, Optimizer] = {}
+
+
+def _unknown(row: Optimizer, hparams: dict[str, Any]) -> None:
+    """An ``HparamError`` (field None) listing the keywords of `hparams` that `row` lacks."""
+    unknown = sorted(set(hparams) - set(row.defaults))
+    if unknown:
+        msg = (f"Unknown keyword(s) {unknown} for optimizer {row.name!r}; valid keywords: "
+               f"{', '.join(row.defaults)}.")
+        raise HparamError(None, unknown, msg, msg)
+
 
 # Theory mappings of the built-ins (the monitor's overlay: Adam's update law, "Distributional
 # Properties of Adaptive Gradients"). RMSprop is Adam with b1 = 0; Adam with equal betas has
@@ -225,17 +308,16 @@ def _references(doc: str) -> str:
     return " ".join(text.split())
 
 
-def _checked(sig: inspect.Signature, rules: dict[str, Any], args, kwargs) -> dict[str, Any]:
-    """The call's arguments bound to `sig` with defaults, each value checked by its rule."""
+def _checked(sig: inspect.Signature, rules: dict[str, Any], joint, args, kwargs
+             ) -> dict[str, Any]:
+    """The call's arguments bound to `sig` with defaults, validated (`_validate`)."""
     bound = sig.bind(*args, **kwargs)
     bound.apply_defaults()
-    for key, value in bound.arguments.items():
-        if rules.get(key) is not None:
-            rules[key](key, value)
+    _validate(rules, joint, bound.arguments)
     return bound.arguments
 
 
-def _with_common(fn, common: dict[str, Any], rules: dict[str, Any]):
+def _with_common(fn, common: dict[str, Any], rules: dict[str, Any], joint):
     """The full factory of a direction `fn(**own)`: f(learning_rate, **own, **common) validates
     every value once (`rules`) and builds [raw-gradient steps] -> direction -> decoupled decay
     -> -learning_rate (`_chain`)."""
@@ -246,7 +328,7 @@ def _with_common(fn, common: dict[str, Any], rules: dict[str, Any]):
 
     @functools.wraps(fn)
     def factory(*args, **kwargs):
-        v = _checked(sig, rules, args, kwargs)
+        v = _checked(sig, rules, joint, args, kwargs)
         direction = fn(**{k: v[k] for k in own})
         return float32_scalars(_chain(list(direction), v["learning_rate"], v["weight_decay"],
                                     v["mask"], v["max_norm"], v["coordinate_clip"],
@@ -259,7 +341,7 @@ def _with_common(fn, common: dict[str, Any], rules: dict[str, Any]):
 _PRE = ("max_norm", "coupled_weight_decay", "coordinate_clip")
 
 
-def _with_pre(fn, pre: dict[str, Any], rules: dict[str, Any]):
+def _with_pre(fn, pre: dict[str, Any], rules: dict[str, Any], joint):
     """The full factory of a whole optimizer `fn(learning_rate, **own)` (a wrapped optax one):
     validates every value once and puts the raw-gradient steps (`_PRE`) in front (`_wrap`; the
     coupled decay uses the optimizer's `mask` if it has one)."""
@@ -270,7 +352,7 @@ def _with_pre(fn, pre: dict[str, Any], rules: dict[str, Any]):
 
     @functools.wraps(fn)
     def factory(*args, **kwargs):
-        v = _checked(sig, rules, args, kwargs)
+        v = _checked(sig, rules, joint, args, kwargs)
         tx = fn(**{k: v[k] for k in own})
         return float32_scalars(_wrap(tx, v["max_norm"], v["coordinate_clip"],
                                    v["coupled_weight_decay"], v.get("mask")))
@@ -293,7 +375,8 @@ def _register(common: dict[str, Any] | None = None, **overrides: Callable[[str, 
             pre = {k: _COMMON_DEFAULTS[k] for k in _PRE}
             keys = [*params, *pre]
             rules = {k: overrides.get(k, _RULES.get(k)) for k in keys}
-            factory = _with_pre(fn, pre, rules)
+            joint = _joint(keys)
+            factory = _with_pre(fn, pre, rules, joint)
             defaults = {**{k: p.default for k, p in params.items() if k != "learning_rate"},
                         **pre}
             types_ = {**types_, **{k: _COMMON_TYPES[k] for k in _PRE}}
@@ -301,12 +384,13 @@ def _register(common: dict[str, Any] | None = None, **overrides: Callable[[str, 
             commons = {**_COMMON_DEFAULTS, **(common or {})}
             keys = ["learning_rate", *params, *commons]
             rules = {k: overrides.get(k, _RULES.get(k)) for k in keys}
-            factory = _with_common(fn, commons, rules)
+            joint = _joint(keys)
+            factory = _with_common(fn, commons, rules, joint)
             defaults = {**{k: p.default for k, p in params.items()}, **commons}
             types_ = {**types_, **_COMMON_TYPES}
         _TABLE[fn.__name__] = Optimizer(
             name=fn.__name__, factory=factory, defaults=defaults, types=types_, rules=rules,
-            static=tuple(k for k in defaults if k in _STATIC),
+            static=tuple(k for k in defaults if k in _STATIC), joint=joint,
             common=tuple(k for k in COMMON if k in defaults), theory=_THEORY.get(fn.__name__),
             references=_references(fn.__doc__ or ""))
         return factory
@@ -1489,10 +1573,7 @@ def schedule_free_adamw(
     References:
       Defazio et al., "The Road Less Scheduled", NeurIPS 2024.
     """
-    if warmup_steps is not None:
-        if callable(learning_rate):
-            C.fail("warmup_steps", warmup_steps,
-                   "needs a number as learning_rate (a schedule brings its own warmup)")
+    if warmup_steps is not None:  # (a schedule with warmup_steps is refused: _check_warmup)
         learning_rate = optax.warmup_constant_schedule(0.0, learning_rate, warmup_steps)
     base = optax.chain(
         optax.scale_by_rms(decay=b2, eps=eps, eps_in_sqrt=False, bias_correction=True),
@@ -1661,6 +1742,7 @@ def register(name: str, factory: Callable[..., optax.GradientTransformation] | N
     rules = {k: _RULES.get(k, _generic_rule(v)) for k, v in own.items()}
     rules["learning_rate"] = _RULES["learning_rate"]
     rules.update({k: _RULES.get(k) for k in common})
+    joint = _joint(rules)
 
     def build(learning_rate: ScalarOrSchedule, **kwargs: Any) -> optax.GradientTransformation:
         bad = sorted(set(kwargs) - set(own) - set(common))
@@ -1668,9 +1750,7 @@ def register(name: str, factory: Callable[..., optax.GradientTransformation] | N
             raise TypeError(f"{name}() got an unexpected keyword argument {bad[0]!r}")
         values = {**own, **{k: _COMMON_DEFAULTS[k] for k in common}, **kwargs}
         values["learning_rate"] = learning_rate
-        for key, value in values.items():
-            if rules.get(key) is not None:
-                rules[key](key, value)
+        _validate(rules, joint, values)
         mine = {k: values[k] for k in own}
         if whole:
             tx = factory(learning_rate, **mine)
@@ -1690,9 +1770,14 @@ def register(name: str, factory: Callable[..., optax.GradientTransformation] | N
     build.__doc__ = factory.__doc__
     build.__wrapped__ = factory  # type: ignore[attr-defined]
     defaults = {**own, **{k: _COMMON_DEFAULTS[k] for k in common}}
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD  # (inject_hyperparams binds by it)
+    build.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("learning_rate", kind),
+         *(inspect.Parameter(k, kind, default=v) for k, v in defaults.items())])
     row = Optimizer(name=name, factory=build, defaults=defaults,
                     types={**kinds, **{k: _COMMON_TYPES[k] for k in common}}, rules=rules,
-                    static=tuple(static), common=common, theory=dict(theory) if theory else None,
+                    static=tuple(static), common=common, joint=joint,
+                    theory=dict(theory) if theory else None,
                     references=references, builtin=False)
     try:
         tx = build(1e-3)
@@ -1819,6 +1904,39 @@ def _untraceable(factory, name: str, hparams: dict[str, Any], keys: list[str]) -
     return f"optimizer {name!r} cannot take its hparams {keys} traced together"
 
 
+_UNSET: Any = object()
+
+
+def check(name: str, learning_rate: Any = _UNSET, **hparams: Any) -> dict[str, Any]:
+    """Validates optimizer ``name``'s hparams (and ``learning_rate`` if given) by the registry
+    table's rules, exactly as ``create`` does, but builds nothing.
+
+    The rules are the row's (``entry(name).rules``: one per keyword, then the cross-keyword
+    ones, ``entry(name).joint``); ``create`` and the factories run the same ``_validate``, so
+    ``check`` fails exactly when they would fail validation, with the same one-line message.
+
+    Args:
+      name: a registered name or a reference ``package.module:factory`` /
+        ``path/to/file.py:factory`` (imported and registered on first use).
+      learning_rate: the (peak) learning rate or a schedule; left out: not checked.
+      **hparams: the optimizer's keywords.
+
+    Returns:
+      Every hparam of ``name`` (not ``learning_rate``): its defaults updated by ``hparams``.
+
+    Raises:
+      HparamError: (a ``ValueError``) with ``field`` the bad keyword and ``value`` its value;
+        ``field='name'`` for an unknown name or a reference that cannot be imported;
+        ``field=None`` for unknown keywords (``value``: their sorted list).
+    """
+    try:
+        row = entry(name)
+    except ValueError as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+        raise HparamError("name", name, msg, msg) from None
+    return row.check(hparams, learning_rate, with_learning_rate=learning_rate is not _UNSET)
+
+
 def get(name: str) -> Callable[..., optax.GradientTransformation]:
     """The factory function registered as ``name`` (e.g. to wrap in inject_hyperparams)."""
     return _factory(name)
@@ -1838,17 +1956,11 @@ def create(
     hyperparameters too, wrap the factory:
     ``inject_hyperparams(get(name), static_args=static_hparams(name))(lr, b1=...)``.
     """
-    factory = _factory(name)
+    row = entry(name)
     if set(kwargs) == {"kwargs"} and isinstance(kwargs["kwargs"], dict):
         kwargs = kwargs["kwargs"]  # bound by optax.inject_hyperparams(create)
-    valid = hparams(name)
-    unknown = sorted(set(kwargs) - set(valid))
-    if unknown:
-        raise ValueError(
-            f"Unknown keyword(s) {unknown} for optimizer {name!r}; valid keywords: "
-            f"{', '.join(valid)}."
-        )
-    return factory(learning_rate, **kwargs)
+    _unknown(row, kwargs)
+    return row.factory(learning_rate, **kwargs)  # validates (`_validate`), then builds
 
 
 def eval_params(opt_state: optax.OptState, params: optax.Params) -> optax.Params:

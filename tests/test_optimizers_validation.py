@@ -16,11 +16,20 @@ LR_MSG = "must be a finite number > 0 or an optax schedule"
 
 
 def raises_one_line(expected: str, name: str, lr, **kw):
+    """create() fails with `expected`, and check() (which builds nothing) with the same line,
+    as an HparamError naming the keyword and the value."""
     with pytest.raises(ValueError) as info:
         optimizers.create(name, lr, **kw)
     msg = str(info.value)
     assert "\n" not in msg
     assert msg == expected, msg
+    with pytest.raises(optimizers.HparamError) as checked:
+        optimizers.check(name, lr, **kw)
+    assert str(checked.value) == expected
+    field = checked.value.field
+    value = lr if field == "learning_rate" else kw[field]
+    assert checked.value.value is value
+    assert expected == f"{field}={_checks.fmt(value)}: {checked.value.reason}"
 
 
 # every bad value named in the issue, with the exact message

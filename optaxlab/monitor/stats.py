@@ -142,18 +142,58 @@ def find_moments(opt_state) -> dict[str, Moments]:
 HPARAMS = ("learning_rate", "b1", "b2", "eps")
 
 
-def find_hyperparams(opt_state) -> dict[str, jax.Array]:
-    """Learning rate, b1, b2 and eps from the first `optax.inject_hyperparams` state found
-    ('beta', as in adam_equal_betas, gives both b1 and b2); absent keys are left out."""
+def find_hyperparams(opt_state, optimizer: str | None = None) -> dict[str, Any]:
+    """Learning rate, b1, b2 and eps from the first `optax.inject_hyperparams` state found;
+    absent keys are left out.
+
+    b1, b2 and eps are read through the optimizer registry's theory mapping ({field: hparam
+    name or number}, `optaxlab.optimizers.entry(optimizer).theory`) when `optimizer` is given:
+    adam_equal_betas' 'beta' gives b1 = b2, rmsprop's b1 is the number 0, and an optimizer
+    that declares no theory gives only the learning rate. An inject_hyperparams state does not
+    record its optimizer, so without `optimizer` (the fallback) each field is read from the
+    hparam of its own name, else from the first hparam present that a registry row's theory
+    mapping reads the field from under another name, rows in table order (built-ins first):
+    'beta' for b1 and b2, from adam_equal_betas.
+
+    Args:
+      opt_state: any optimizer state (chains, masked, MultiSteps, watch are looked through).
+      optimizer: a registered optimizer name (or reference), or None.
+
+    Returns:
+      {'learning_rate' | 'b1' | 'b2' | 'eps': value} (arrays from the state; numbers where the
+      mapping gives a number).
+    """
     is_hp = lambda x: isinstance(x, tuple) and "hyperparams" in getattr(x, "_fields", ())
     for node in jax.tree.leaves(opt_state, is_leaf=is_hp):
         if is_hp(node) and isinstance(node.hyperparams, Mapping):
             hp = dict(node.hyperparams)
-            if "beta" in hp:
-                hp.setdefault("b1", hp["beta"])
-                hp.setdefault("b2", hp["beta"])
-            return {k: hp[k] for k in HPARAMS if k in hp}
+            out = {"learning_rate": hp["learning_rate"]} if "learning_rate" in hp else {}
+            for field, sources in _theory_sources(optimizer).items():
+                for source in sources:
+                    if not isinstance(source, str):
+                        out[field] = float(source)
+                        break
+                    if source in hp:
+                        out[field] = hp[source]
+                        break
+            return out
     return {}
+
+
+def _theory_sources(optimizer: str | None) -> dict[str, tuple[str | float, ...]]:
+    """{b1 | b2 | eps: where to read it, in order} (see `find_hyperparams`), from the registry."""
+    from optaxlab import optimizers  # lazy: the monitor imports nothing above it at import time
+
+    fields = HPARAMS[1:]
+    if optimizer is not None:
+        theory = optimizers.entry(optimizer).theory or {}
+        return {f: (theory[f],) for f in fields if f in theory}
+    other: dict[str, dict[str, None]] = {f: {} for f in fields}  # ordered sets
+    for name in optimizers.names():
+        for f, source in (optimizers.entry(name).theory or {}).items():
+            if f in other and isinstance(source, str) and source != f:
+                other[f][source] = None
+    return {f: (f, *other[f]) for f in fields}
 
 
 def _bin_index(x: jax.Array, r: float, bins: int) -> jax.Array:

@@ -7,7 +7,8 @@ where it is set, on the command line
 or in Python) except `optimizer`, whose keys depend on the optimizer. `validate` checks the
 values and raises a one-line `ConfigError` that names the bad field and says what is valid; the
 optimizer's name, hparams and learning rate are checked by the optimizer registry itself
-(`optaxlab.optimizers.create`), which is the only place that knows them.
+(`optaxlab.optimizers.check`: the table's rules, without building the optimizer), which is the
+only place that knows them.
 """
 
 from __future__ import annotations
@@ -119,24 +120,21 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
 
 
 def check_optimizer(opt_cfg) -> dict[str, Any]:
-    """The registry hparams of `opt_cfg`, after the registry accepted them with the peak
-    learning rate; its ValueError becomes a ConfigError under config.optimizer."""
+    """The registry hparams of `opt_cfg`, after the registry's rules accepted them with the
+    peak learning rate (`optimizers.check`: nothing is built); its `HparamError` becomes a
+    ConfigError under config.optimizer (config.optimizer.<field>=<value>: what is valid)."""
     name = optimizers.canonical(opt_cfg.get("name"))
     if name != opt_cfg.get("name"):
         opt_cfg.name = name  # config.json records the absolute reference
     hparams = optim.optimizer_hparams(opt_cfg)
     try:
-        optimizers.create(name, opt_cfg.get("learning_rate"), **hparams)
-    except ValueError as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
-        if name not in optimizers.names():
-            raise ConfigError(f"config.optimizer.name: {msg}") from None
-        # "b2=1.5: must be in [0, 1)" -> "config.optimizer.b2=1.5: ..."; others after a colon.
-        head = msg.split("=", 1)[0]
-        sep = "." if "=" in msg and head.isidentifier() else ": "
-        raise ConfigError(f"config.optimizer{sep}{msg}") from None
-    except TypeError as e:  # a value the factory cannot take at all
-        raise ConfigError(f"config.optimizer: {str(e).splitlines()[0]}") from None
+        optimizers.check(name, opt_cfg.get("learning_rate"), **hparams)
+    except optimizers.HparamError as e:
+        if e.field is None:  # unknown keywords
+            raise ConfigError(f"config.optimizer: {e}") from None
+        if e.field == "name":
+            raise ConfigError(f"config.optimizer.name: {e.reason}") from None
+        raise ConfigError(f"config.optimizer.{e}") from None  # "<field>=<value>: <reason>"
     return hparams
 
 

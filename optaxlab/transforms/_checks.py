@@ -4,7 +4,11 @@ Only *concrete host values* are checked: Python numbers and numpy scalars / arra
 (what ``optax.inject_hyperparams`` passes, concrete at ``init`` and traced inside ``update``) and
 callables (schedules) pass through, so every factory keeps working under ``inject_hyperparams``,
 ``jit`` and ``vmap``. A failed check raises ``ValueError`` with one line that starts with the
-keyword and the value and says what is valid, e.g. ``"b2=1.5: must be in [0, 1)"``.
+keyword and the value and says what is valid, e.g. ``"b2=1.5: must be in [0, 1)"``: an
+``HparamError``, which carries the keyword and the value as well.
+
+Each rule's text lives here only: the optimizer registry's table (``optaxlab.optimizers``) maps
+every keyword to one of these functions, and the public transforms call the same functions.
 """
 
 from __future__ import annotations
@@ -47,9 +51,25 @@ def fmt(x: Any) -> str:
     return repr(x)
 
 
+class HparamError(ValueError):
+    """A bad hyperparameter, as a ``ValueError`` whose text is one line.
+
+    Attributes:
+      field: the keyword the error is about (e.g. 'b2'); 'name' for an optimizer name that is
+        not registered; None when it is about several keywords (unknown ones).
+      value: the bad value (the list of unknown keywords when `field` is None).
+      reason: what is valid, the text after "<field>=<value>: " (the whole line when the line
+        does not start with "<field>=<value>").
+    """
+
+    def __init__(self, field: str | None, value: Any, reason: str, message: str | None = None):
+        self.field, self.value, self.reason = field, value, reason
+        super().__init__(message if message is not None else f"{field}={fmt(value)}: {reason}")
+
+
 def fail(name: str, value: Any, what: str) -> None:
-    """Raise the one-line ``ValueError`` "<name>=<value>: <what>"."""
-    raise ValueError(f"{name}={fmt(value)}: {what}")
+    """Raise the one-line ``HparamError`` "<name>=<value>: <what>"."""
+    raise HparamError(name, value, what)
 
 
 def _real(name: str, value: Any, what: str) -> float | None:
@@ -183,7 +203,12 @@ def check_init(init: Any, debias: bool) -> None:
     if init not in INITS:
         fail("init", init, f"must be one of {list(INITS)}")
     if init == "first" and debias:
-        raise ValueError(
-            "init='first': gradient initialization is unbiased from the first step; "
-            "use it with bias correction / debias off."
-        )
+        fail("init", init, "gradient initialization is unbiased from the first step; "
+             "use it with bias correction / debias off.")
+
+
+def check_nesterov_dampening(nesterov: Any, dampening: Any) -> None:
+    """torch's rule: Nesterov momentum needs ``dampening=0`` (an injected array can't be
+    checked)."""
+    if is_number(dampening) and dampening != 0 and nesterov:
+        fail("dampening", dampening, "must be 0 with nesterov=True (torch semantics)")

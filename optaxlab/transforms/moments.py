@@ -33,9 +33,15 @@ import optax
 from optax._src import numerics, utils
 from optax._src.transform import ScaleByRmsWithCountState
 
+# Argument checks. These transforms are public API (``optaxlab.transforms``, used directly in
+# user chains), so each keeps one check per value; the checks are the rule functions of
+# ``_checks``, the very ones the optimizer registry's table maps its keywords to, so each rule's
+# text lives in one place. Built through the registry, a value is checked by the registry first
+# (``optaxlab.optimizers.check``, which builds nothing) and again here by the same function.
 from optaxlab.transforms._checks import (
     check_decay,
     check_init,
+    check_nesterov_dampening,
     check_nonnegative,
     is_host_number,
 )
@@ -156,10 +162,7 @@ def trace(
     check_decay("momentum", decay)
     if isinstance(dampening, (int, float)) and dampening == 0:
         return optax.trace(decay, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
-    if nesterov and isinstance(dampening, (int, float)):  # (an injected array can't be checked)
-        raise ValueError(
-            f"dampening={dampening!r}: must be 0 with nesterov=True (torch semantics)"
-        )
+    check_nesterov_dampening(nesterov, dampening)
     check_decay("dampening", dampening, closed=True)
     accumulator_dtype = utils.canonicalize_dtype(accumulator_dtype)
 

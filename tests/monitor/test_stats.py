@@ -275,6 +275,45 @@ def test_hyperparameters_and_moments_found_through_wrappers():
     np.testing.assert_allclose(stats.hparams[:3], [0.1, 0.9, 0.5], rtol=1e-6)
 
 
+def test_find_hyperparams_reads_b1_b2_eps_through_the_registrys_theory_mapping(monkeypatch):
+    """With the optimizer named, b1/b2/eps come from its registry row's theory mapping; without
+    it, the documented fallback (own names, then the names the table's mappings use)."""
+    from optaxlab import optimizers
+
+    params = {"w": jnp.ones((2, 3))}
+
+    def hp_of(name, optimizer=None, **kw):
+        tx = optax.inject_hyperparams(optimizers.get(name),
+                                      static_args=optimizers.static_hparams(name))(0.1, **kw)
+        return {k: float(v) for k, v in
+                monitor.find_hyperparams(tx.init(params), optimizer).items()}
+
+    # adam_equal_betas: 'beta' is b1 = b2 by its mapping, with or without the name
+    assert hp_of("adam_equal_betas", "adam_equal_betas", beta=0.8, eps=1e-6) == pytest.approx(
+        {"learning_rate": 0.1, "b1": 0.8, "b2": 0.8, "eps": 1e-6})
+    assert hp_of("adam_equal_betas", beta=0.8, eps=1e-6) == pytest.approx(
+        {"learning_rate": 0.1, "b1": 0.8, "b2": 0.8, "eps": 1e-6})
+    # rmsprop's mapping says b1 = 0 (a number, not an hparam)
+    assert hp_of("rmsprop", "rmsprop", b2=0.9) == pytest.approx(
+        {"learning_rate": 0.1, "b1": 0.0, "b2": 0.9, "eps": 1e-8})
+    # signum declares no theory: its 'beta' is not a b1 once the optimizer is named ...
+    assert hp_of("signum", "signum", beta=0.7) == {"learning_rate": pytest.approx(0.1)}
+    # ... while the fallback, which cannot know, reads 'beta' as adam_equal_betas' mapping does
+    assert hp_of("signum", beta=0.7)["b1"] == pytest.approx(0.7)
+    # a registered optimizer's own mapping ('mom' for both betas)
+    monkeypatch.setattr(optimizers, "_TABLE", dict(optimizers._TABLE))
+
+    def my_adam(mom: float = 0.9, eps: float = 1e-8):
+        return optax.scale_by_adam(b1=mom, b2=mom, eps=eps)
+
+    optimizers.register("my_adam_stats", my_adam, theory={"b1": "mom", "b2": "mom",
+                                                          "eps": "eps"})
+    assert hp_of("my_adam_stats", "my_adam_stats", mom=0.6) == pytest.approx(
+        {"learning_rate": 0.1, "b1": 0.6, "b2": 0.6, "eps": 1e-8})
+    assert hp_of("adam_equal_betas", beta=0.8)["b1"] == pytest.approx(0.8)  # built-ins first
+    assert monitor.find_hyperparams(optax.adam(0.1).init(params), "adam") == {}
+
+
 def test_filters_and_module_grouping():
     params = _params(0)
     g = _grads(10, params)

@@ -2,6 +2,7 @@
 workdir is touched; unknown fields are refused by ml_collections' key locking; the optimizer
 registry is the one judge of optimizer names, hparams and values; shipped configs validate."""
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -79,6 +80,10 @@ BAD = [
     ({"optimizer.name": "adamz"}, r"^config\.optimizer\.name: .*'adamz'.*signum"),
     ({"optimizer.b3": 0.9}, r"^config\.optimizer: .*'b3'.*'adam'.*b2"),
     ({"optimizer.b2": 1.5}, r"^config\.optimizer\.b2=1\.5\b"),  # not under config.model
+    ({"optimizer.init": "first"},  # a cross-keyword rule (init with bias_correction)
+     r"^config\.optimizer\.init='first': gradient initialization is unbiased"),
+    ({"optimizer.name": "/no/such/file.py:f"},
+     r"^config\.optimizer\.name: optimizer '/no/such/file\.py': file not found"),
     ({"mesh.data": 3}, r"^config\.mesh: data=3 fsdp=1 tensor=1 needs 3 devices but 8 .*"),
     ({"mesh.data": 1, "mesh.tensor": 8},
      r"^config\.mesh\.tensor: 8 does not divide model\.n_heads=4; valid tensor sizes: 1, 2, 4"),
@@ -195,3 +200,20 @@ def test_optimizer_config_has_every_registry_hparam_with_a_settable_type():
 ])
 def test_data_field_the_source_ignores_is_an_error(fields, pattern):
     assert re.match(pattern, _rejected(**fields))
+
+
+def test_optimizer_validation_builds_nothing(monkeypatch):
+    """config validation asks the registry's table (optimizers.check), not create(): with
+    create and the factory made to fail, a good config validates and a bad one still fails
+    with the registry's line."""
+
+    def boom(*args, **kwargs):
+        raise AssertionError("built")
+
+    monkeypatch.setattr(optimizers, "create", boom)
+    monkeypatch.setitem(optimizers._TABLE, "adam",
+                        dataclasses.replace(optimizers.entry("adam"), factory=boom))
+    plan = config_lib.validate(load_config("lm_tiny"), num_devices=8)
+    assert plan.optimizer_hparams["b2"] == 0.95
+    msg = _rejected(**{"optimizer.eps": -1e-8})
+    assert msg == "config.optimizer.eps=-1e-08: must be a finite number >= 0"
