@@ -150,3 +150,27 @@ def test_a_vectorized_group_refuses_the_instruments(tmp_path):
         vectorized.train_group([c, c], [tmp_path / "a", tmp_path / "b"], tmp_path / "g",
                                devices=ONE)
     assert not any(tmp_path.iterdir())
+
+
+def test_sharded_equals_unsharded(tmp_path):
+    # The same run on one device and on 8 (fsdp over all: parameters, optimizer state and the
+    # batch split 8 ways; 2 sequences per device, 1 per microbatch): the instruments' scalars
+    # agree to float32 reduction-order round-off.
+    cfg = {**ON, "batch_size": 16, "steps": 10}
+    runs = {}
+    for name, devices in (("one", ONE), ("eight", jax.devices()[:8])):
+        assert len(devices) == (1 if name == "one" else 8)
+        train(testing.tiny_lm(**cfg), tmp_path / name, devices=devices)
+        runs[name] = {r["step"]: r for r in metrics_lib.read_jsonl(tmp_path / name /
+                                                                   "metrics.jsonl")}
+    assert runs["one"].keys() == runs["eight"].keys()
+    checked = 0
+    for step, r in runs["one"].items():
+        s = runs["eight"][step]
+        keys = [k for k in r if k.startswith(("noise/", "sharpness/"))]
+        assert keys == [k for k in s if k.startswith(("noise/", "sharpness/"))]
+        for k in keys:
+            # (measured: at most 3e-5 relative, per-layer B_simple; 1e-7 for the loss)
+            assert s[k] == pytest.approx(r[k], rel=1e-4, abs=1e-6), (step, k)
+            checked += 1
+    assert checked > 20
