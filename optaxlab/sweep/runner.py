@@ -281,6 +281,7 @@ class GroupRunner(SubprocessRunner):
         # A group to resume: its points -> its members in checkpoint order (diverged ones too)
         self._resume: dict[frozenset[str], list[str]] = {}
         self._configs: dict[str, object] = dict(configs or {})  # check_points' (built once)
+        self._validated = set(self._configs)
         self._groupable: dict[str, str | None] = {}
         self._base = None
 
@@ -305,8 +306,9 @@ class GroupRunner(SubprocessRunner):
         except Exception as e:  # noqa: BLE001 - its solo trainer reports it (exit 2)
             self.solo_reasons[point.name] = f"its config does not build: {e}"
             return ("solo", point.index)
-        if point.name not in self._groupable:  # validated once per point
-            self._groupable[point.name] = grouping.groupable(cfg)
+        if point.name not in self._groupable:  # (check_points validated its configs)
+            self._groupable[point.name] = grouping.groupable(
+                cfg, validated=point.name in self._validated)
         why = self._groupable[point.name]
         workdir = point.workdir(self.sweep_dir)
         ckpts = workdir / "checkpoints"

@@ -72,12 +72,32 @@ def signature_key(config) -> str:
     return json.dumps(signature(config), sort_keys=True)
 
 
-def groupable(config) -> str | None:
-    """None if `config` can run as a group member, else why not (one line)."""
+SOLO_ONLY = ("noise_every", "sharpness_every")  # config.monitor instruments of solo runs
+
+
+def solo_only(config) -> str | None:
+    """Why `config` must run solo because of a solo-only monitor instrument, or None."""
+    for field in SOLO_ONLY:
+        if config.monitor.get(field):
+            return (f"config.monitor.{field}={config.monitor[field]}: the noise and sharpness "
+                    "instruments run in solo runs only")
+    return None
+
+
+def groupable(config, validated: bool = False) -> str | None:
+    """None if `config` can run as a group member, else why not (one line). `validated`: the
+    config already passed `config.validate` (on any device count): only what one device
+    changes is checked again (the mesh), not every field."""
     try:
-        config_lib.validate(config, num_devices=1)
+        if validated:
+            config_lib.mesh_shape(config.mesh, 1)
+        else:
+            config_lib.validate(config, num_devices=1)
     except ConfigError as e:
         return f"{errors.one_line(e)} (a group member runs on one device)"
+    why = solo_only(config)
+    if why:
+        return why
     # A user's factory that cannot take its numeric hparams traced runs solo (one-line note).
     return optimizers.untraceable(config.optimizer.name, optim.optimizer_hparams(
         config.optimizer), list(traced_hparams(config)))

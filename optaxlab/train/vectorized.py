@@ -211,11 +211,9 @@ def _program(config, k: int, mesh: Mesh, task: str, member_batch: int) -> _Progr
     graphdef, _ = state_lib.param_specs(config.model)
     loss_fn = step_lib.LOSSES[task]
     monitored = None
-    for field in ("noise_every", "sharpness_every"):
-        if config.monitor.get(field):
-            raise ConfigError(f"config.monitor.{field}={config.monitor[field]}: the noise and "
-                              "sharpness instruments run in solo runs only; set it to 0 for a "
-                              "vectorized group")
+    why = grouping.solo_only(config)
+    if why:
+        raise ConfigError(f"{why}; set it to 0 for a vectorized group")
     if config.monitor.get("every", 0):
         loop_lib.monitor_watch(config, tx)  # a bad monitor config fails here, as solo
 

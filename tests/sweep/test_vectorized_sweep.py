@@ -193,3 +193,21 @@ def test_vectorized_sweep_matches_solo_sweep_and_a_killed_group_resumes_exactly(
     frozen = c / "points" / "lr=1e+30,seed=0"
     assert (frozen / "train.log").read_text() == diverged_log  # not run again
     assert len(outcome.read_outcome(frozen)["attempts"]) == 1
+
+
+def test_a_point_with_a_solo_only_instrument_runs_solo(write_sweep, tmp_path):
+    # The noise / sharpness instruments run in solo runs only: the runner keeps such a point out
+    # of the groups (its group would refuse it: every member exit 2), with the reason.
+    path = write_sweep("""sweep(config=CONFIG, overrides=TINY, points=[
+        {"optimizer.learning_rate": 1e-3}, {"optimizer.learning_rate": 3e-3},
+        {"optimizer.learning_rate": 1e-3, "monitor.sharpness_every": 5}])""")
+    plan = resolve(load_sweep_file(path), path)
+    from optaxlab.sweep.spec import check_points
+
+    configs = check_points(plan, num_devices=1)
+    runner = runner_lib.GroupRunner(plan, tmp_path, configs=configs)
+    keys = [runner.group_key(p) for p in plan.points]
+    assert keys[0] == keys[1] and keys[0][0] == "vectorized"
+    assert keys[2] == ("solo", 2)
+    assert "monitor.sharpness_every=5: the noise and sharpness instruments run in solo runs " \
+        "only" in runner.describe([plan.points[2]])
