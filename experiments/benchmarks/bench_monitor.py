@@ -37,6 +37,7 @@ On a GPU run the same script; it uses whatever `jax.devices()` gives (one device
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
 import math
@@ -54,6 +55,21 @@ from optaxlab import configs, monitor
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = ("off", "predicate", "scalars", "full")
+LEAFWISE = "full, leaf by leaf"  # --ab: `full` as before stacking (optaxlab.monitor.stats)
+
+
+@contextlib.contextmanager
+def _stacking(on: bool):
+    """Whether `watch` counts equal-shape leaves stacked, while a step is traced."""
+    from optaxlab.monitor import stats as stats_lib
+
+    saved = stats_lib._can_stack
+    if not on:
+        stats_lib._can_stack = lambda: False
+    try:
+        yield
+    finally:
+        stats_lib._can_stack = saved
 
 
 def _load_config(name: str):
@@ -82,6 +98,7 @@ def _variants(config, names=VARIANTS):
             every = 10**9 if name == "predicate" else 1
             watch = monitor.watch(tx, config.monitor, every=every,
                                   histograms=name != "scalars", image_steps=(), **theory)
+        # (LEAFWISE: the same watch, traced with stacking off in bench_step's warm-up)
         graphdef, init_fn, _, shardings = state_lib.create(config.model, tx, mesh, config.seed)
         train, _ = step_lib.compile_steps(
             graphdef=graphdef, tx=tx, task=plan.task, state_shardings=shardings,
@@ -96,14 +113,14 @@ def _variants(config, names=VARIANTS):
     return out, batch, n_params
 
 
-def bench_step(name: str, rounds: int, steps: int) -> list[str]:
+def bench_step(name: str, rounds: int, steps: int, ab: bool = False) -> list[str]:
     config = _load_config(name)
-    variants, batch, n_params = _variants(config)
+    variants, batch, n_params = _variants(config, VARIANTS + ((LEAFWISE,) if ab else ()))
     from optaxlab.train import metrics as metrics_lib
 
     writer = metrics_lib.Writer(Path(tempfile.mkdtemp(prefix="bench_monitor_")))
     states = {v: init() for v, (_, init) in variants.items()}
-    monitored = {"scalars", "full"}
+    monitored = {"scalars", "full", LEAFWISE}
 
     def log(step: int, v: str, m, stats) -> None:  # the trainer's `handle`, minus the NaN policy
         if v not in monitored and step % config.log_every:
@@ -117,7 +134,8 @@ def bench_step(name: str, rounds: int, steps: int) -> list[str]:
 
     layers = 0
     for v, (fn, _) in variants.items():  # warm-up: compile every variant and write once
-        states[v], m, stats = fn(states[v], batch)
+        with _stacking(v != LEAFWISE):
+            states[v], m, stats = fn(states[v], batch)
         log(1, v, *jax.device_get((m, stats)))
         if stats is not None and v == "full":
             layers = len(stats.names)
@@ -337,6 +355,9 @@ def main() -> None:
     parser.add_argument("--skip-synthetic", action="store_true")
     parser.add_argument("--skip-host", action="store_true")
     parser.add_argument("--skip-instruments", action="store_true")
+    parser.add_argument("--ab", action="store_true",
+                        help=f"also time '{LEAFWISE}' (the monitor before equal-shape leaves "
+                             "were stacked) in the same rounds")
     parser.add_argument("--skip-steps", action="store_true",
                         help="skip part 1 (the every-step monitor in the train step)")
     parser.add_argument("--models", default="lm_tiny,lm_small")
@@ -350,7 +371,7 @@ def main() -> None:
           "| loop ms | overhead | loop CPU ms | overhead |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in models if not args.skip_steps else ():
-        for row in bench_step(name, rounds, args.steps):
+        for row in bench_step(name, rounds, args.steps, args.ab):
             print(row, flush=True)
     if not args.skip_instruments:
         print("\n## Trainer instruments: gradient noise and sharpness (medians; extra = one "
