@@ -1,8 +1,10 @@
 """Cost of the per-step monitor: the trainer's step with its optimizer watched or not, and the
 host's cost of writing one step.
 
-    python experiments/benchmarks/bench_monitor.py [--rounds 11] [--steps 5] [--quick]
-                                                   [--skip-synthetic] [--skip-host]
+    python experiments/benchmarks/bench_monitor.py [--rounds 11] [--steps 5] [--quick] [--ab]
+                                                   [--models lm_tiny,lm_small] [--skip-steps]
+                                                   [--skip-instruments] [--skip-host]
+                                                   [--skip-synthetic]
 
 Part 1 (the real train step, `optaxlab.train.step`): for lm_tiny and lm_small, variants of the
 same jitted step in one process, built as the trainer builds it -- off (no `watch`: every = 0),
@@ -22,6 +24,14 @@ latter being the robust number on a machine shared with other jobs. Overhead = t
 rounds of time / time(off, same round) - 1 (paired, so slow drifts of the machine cancel), goal
 <= 3% (full, lm_small). Images are off (image_steps = ()); they are written at a handful of steps
 only.
+
+`--ab` adds "full, leaf by leaf": the same monitor traced with equal-shape leaves counted one by
+one (as before they were stacked, `optaxlab.monitor.stats._can_stack`), timed in the same rounds.
+
+Part 1b (instruments): the trainer's gradient-noise step and sharpness measurement
+(config.monitor.noise_every / sharpness_every) against the plain step, grad_accum_steps = 2,
+interleaved rounds: one event's extra time in plain steps, amortized at the intervals
+docs/monitoring.md suggests (noise_every = 50, sharpness_every = 1000).
 
 Part 2 (host): the host's cost of one monitored step, median over 300 writes of the same step's
 statistics: fetch (`jax.device_get` of the `Stats`), summarize (`overlay.summarize`: scalars and
