@@ -1,8 +1,10 @@
 """Cost of the per-step monitor: the trainer's step with its optimizer watched or not, and the
 host's cost of writing one step.
 
-    python experiments/benchmarks/bench_monitor.py [--rounds 11] [--steps 5] [--quick]
-                                                   [--skip-synthetic] [--skip-host]
+    python experiments/benchmarks/bench_monitor.py [--rounds 11] [--steps 5] [--quick] [--ab]
+                                                   [--models lm_tiny,lm_small] [--skip-steps]
+                                                   [--skip-instruments] [--skip-host]
+                                                   [--skip-synthetic]
 
 Part 1 (the real train step, `optaxlab.train.step`): for lm_tiny and lm_small, variants of the
 same jitted step in one process, built as the trainer builds it -- off (no `watch`: every = 0),
@@ -23,6 +25,14 @@ rounds of time / time(off, same round) - 1 (paired, so slow drifts of the machin
 <= 3% (full, lm_small). Images are off (image_steps = ()); they are written at a handful of steps
 only.
 
+`--ab` adds "full, leaf by leaf": the same monitor traced with equal-shape leaves counted one by
+one (as before they were stacked, `optaxlab.monitor.stats._can_stack`), timed in the same rounds.
+
+Part 1b (instruments): the trainer's gradient-noise step and sharpness measurement
+(config.monitor.noise_every / sharpness_every) against the plain step, grad_accum_steps = 2,
+interleaved rounds: one event's extra time in plain steps, amortized at the intervals
+docs/monitoring.md suggests (noise_every = 50, sharpness_every = 1000).
+
 Part 2 (host): the host's cost of one monitored step, median over 300 writes of the same step's
 statistics: fetch (`jax.device_get` of the `Stats`), summarize (`overlay.summarize`: scalars and
 the two theory distances), encode + write (TensorBoard protos, framing, file), and `monitor.write`
@@ -37,6 +47,7 @@ On a GPU run the same script; it uses whatever `jax.devices()` gives (one device
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
 import math
@@ -54,6 +65,21 @@ from optaxlab import configs, monitor
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = ("off", "predicate", "scalars", "full")
+LEAFWISE = "full, leaf by leaf"  # --ab: `full` as before stacking (optaxlab.monitor.stats)
+
+
+@contextlib.contextmanager
+def _stacking(on: bool):
+    """Whether `watch` counts equal-shape leaves stacked, while a step is traced."""
+    from optaxlab.monitor import stats as stats_lib
+
+    saved = stats_lib._can_stack
+    if not on:
+        stats_lib._can_stack = lambda: False
+    try:
+        yield
+    finally:
+        stats_lib._can_stack = saved
 
 
 def _load_config(name: str):
@@ -82,6 +108,7 @@ def _variants(config, names=VARIANTS):
             every = 10**9 if name == "predicate" else 1
             watch = monitor.watch(tx, config.monitor, every=every,
                                   histograms=name != "scalars", image_steps=(), **theory)
+        # (LEAFWISE: the same watch, traced with stacking off in bench_step's warm-up)
         graphdef, init_fn, _, shardings = state_lib.create(config.model, tx, mesh, config.seed)
         train, _ = step_lib.compile_steps(
             graphdef=graphdef, tx=tx, task=plan.task, state_shardings=shardings,
@@ -96,14 +123,14 @@ def _variants(config, names=VARIANTS):
     return out, batch, n_params
 
 
-def bench_step(name: str, rounds: int, steps: int) -> list[str]:
+def bench_step(name: str, rounds: int, steps: int, ab: bool = False) -> list[str]:
     config = _load_config(name)
-    variants, batch, n_params = _variants(config)
+    variants, batch, n_params = _variants(config, VARIANTS + ((LEAFWISE,) if ab else ()))
     from optaxlab.train import metrics as metrics_lib
 
     writer = metrics_lib.Writer(Path(tempfile.mkdtemp(prefix="bench_monitor_")))
     states = {v: init() for v, (_, init) in variants.items()}
-    monitored = {"scalars", "full"}
+    monitored = {"scalars", "full", LEAFWISE}
 
     def log(step: int, v: str, m, stats) -> None:  # the trainer's `handle`, minus the NaN policy
         if v not in monitored and step % config.log_every:
@@ -117,7 +144,8 @@ def bench_step(name: str, rounds: int, steps: int) -> list[str]:
 
     layers = 0
     for v, (fn, _) in variants.items():  # warm-up: compile every variant and write once
-        states[v], m, stats = fn(states[v], batch)
+        with _stacking(v != LEAFWISE):
+            states[v], m, stats = fn(states[v], batch)
         log(1, v, *jax.device_get((m, stats)))
         if stats is not None and v == "full":
             layers = len(stats.names)
@@ -165,6 +193,93 @@ def bench_step(name: str, rounds: int, steps: int) -> list[str]:
             cells += [f"{1e3 * med[v][k]:.2f}", "-" if v == "off" else f"{over:+.1f}%"]
         desc = f"{name} ({n_params / 1e6:.2f}M params, {layers} layers, {steps} steps/window)"
         rows.append(f"| {desc} | {v} | " + " | ".join(cells) + " |")
+    return rows
+
+
+NOISE_EVERY, SHARPNESS_EVERY = 50, 1000  # the intervals docs/monitoring.md suggests
+
+
+def bench_instruments(name: str, rounds: int, steps: int) -> list[str]:
+    """The trainer's gradient-noise step and sharpness measurement against its plain step.
+
+    grad_accum_steps = 2 for all three (the noise instrument needs k >= 2): `plain` the train
+    step, `noise` the second compilation with the noise fold that the trainer runs every
+    noise_every steps instead, `sharpness` one call of the jitted Lanczos measurement it adds
+    every sharpness_every steps. Interleaved rounds, medians; amortized cost at interval N =
+    (extra time of one event) / (N x plain step).
+    """
+    from optaxlab.train import config as config_lib
+    from optaxlab.train import loop as loop_lib
+    from optaxlab.train import mesh as mesh_lib
+    from optaxlab.train import optim
+    from optaxlab.train import state as state_lib
+    from optaxlab.train import step as step_lib
+
+    config = copy.deepcopy(_load_config(name))
+    config.unlock()
+    config.grad_accum_steps = 2
+    config.monitor.every = 0
+    config.monitor.noise_every = NOISE_EVERY
+    config.monitor.sharpness_every = SHARPNESS_EVERY
+    plan = config_lib.validate(config, num_devices=1)
+    mesh = mesh_lib.make_mesh(plan.mesh_shape, jax.devices()[:1])
+    tx = optim.make_optimizer(config.optimizer, config.steps)
+    graphdef, init_fn, abstract, shardings = state_lib.create(config.model, tx, mesh,
+                                                              config.seed)
+    plain, _ = step_lib.compile_steps(
+        graphdef=graphdef, tx=tx, task=plan.task, state_shardings=shardings,
+        batch_sharding=mesh_lib.batch_sharding(mesh), replicated=mesh_lib.replicated(mesh),
+        watch=None, grad_accum_steps=2)
+    noise_step, sharpness = loop_lib._instruments(config, plan, mesh, tx, graphdef, shardings,
+                                                  None, abstract.params)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, config.model.vocab_size, (config.batch_size, config.seq_len + 1),
+                          np.int32)
+    batch = mesh_lib.global_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, mesh)
+    states = {"plain": init_fn(), "noise": init_fn()}
+    fns = {"plain": plain, "noise": noise_step}
+    for v in fns:  # compile
+        states[v], m, _ = fns[v](states[v], batch)
+    st = states["plain"]
+    jax.block_until_ready(sharpness(st.params, st.rest, st.opt_state, batch))
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        states["plain"], m, _ = plain(states["plain"], batch)
+    jax.block_until_ready(m)
+    steps = max(steps, math.ceil(0.5 / ((time.perf_counter() - t0) / 3)))
+    times = {v: {"wall": [], "cpu": []} for v in ("plain", "noise", "sharpness")}
+    for r in range(rounds):
+        order = ["plain", "noise", "sharpness"]
+        order = order[r % 3:] + order[: r % 3]
+        for v in order:
+            t0, c0 = time.perf_counter(), time.process_time()
+            if v == "sharpness":
+                st = states["plain"]
+                out = sharpness(st.params, st.rest, st.opt_state, batch)
+                jax.block_until_ready(out)
+                n = 1
+            else:
+                for _ in range(steps):
+                    states[v], m, _ = fns[v](states[v], batch)
+                jax.block_until_ready((states[v], m))
+                n = steps
+            times[v]["wall"].append((time.perf_counter() - t0) / n)
+            times[v]["cpu"].append((time.process_time() - c0) / n)
+    med = {v: {k: statistics.median(x) for k, x in t.items()} for v, t in times.items()}
+    rows = []
+    for v, every in (("plain", None), ("noise", NOISE_EVERY), ("sharpness", SHARPNESS_EVERY)):
+        cells = []
+        for k in ("wall", "cpu"):
+            base = med["plain"][k]
+            extra = med[v][k] - (base if v == "noise" else 0.0)
+            cells += [f"{1e3 * med[v][k]:.2f}",
+                      "-" if every is None else f"{extra / base:.1f}",
+                      "-" if every is None else f"{100.0 * extra / (every * base):+.1f}%"]
+        what = {"plain": "plain step", "noise": f"noise step (noise_every={NOISE_EVERY})",
+                "sharpness": f"sharpness, {config.monitor.sharpness_iters} iters "
+                             f"(sharpness_every={SHARPNESS_EVERY})"}[v]
+        rows.append(f"| {name} (grad_accum_steps=2) | {what} | " + " | ".join(cells) + " |")
     return rows
 
 
@@ -249,6 +364,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="lm_tiny only, few rounds")
     parser.add_argument("--skip-synthetic", action="store_true")
     parser.add_argument("--skip-host", action="store_true")
+    parser.add_argument("--skip-instruments", action="store_true")
+    parser.add_argument("--ab", action="store_true",
+                        help=f"also time '{LEAFWISE}' (the monitor before equal-shape leaves "
+                             "were stacked) in the same rounds")
+    parser.add_argument("--skip-steps", action="store_true",
+                        help="skip part 1 (the every-step monitor in the train step)")
     parser.add_argument("--models", default="lm_tiny,lm_small")
     args = parser.parse_args()
     rounds = 4 if args.quick else args.rounds
@@ -259,9 +380,18 @@ def main() -> None:
     print("| model | monitor | device ms | overhead | device CPU ms | overhead "
           "| loop ms | overhead | loop CPU ms | overhead |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name in models:
-        for row in bench_step(name, rounds, args.steps):
+    for name in models if not args.skip_steps else ():
+        for row in bench_step(name, rounds, args.steps, args.ab):
             print(row, flush=True)
+    if not args.skip_instruments:
+        print("\n## Trainer instruments: gradient noise and sharpness (medians; extra = one "
+              "event's extra time in plain steps; amortized = extra / interval)\n")
+        print("| model | program | wall ms | extra (plain steps) | amortized | CPU ms "
+              "| extra (plain steps) | amortized |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name in models:
+            for row in bench_instruments(name, max(3, rounds // 2), args.steps):
+                print(row, flush=True)
     if not args.skip_host:
         print("\n## Host cost of one monitored step (ms, medians of 300)\n")
         print("| model | fetch | summarize | encode + write | monitor.write |")

@@ -9,7 +9,9 @@ record framing is written here:
 because TensorBoard's own `RecordWriter` computes the CRC-32C in pure Python: 20.8 ms for a
 52 KB record (one `lm_small` step of the monitor), against 8 us with the native `crc32c`
 package (measured on the 2-core CPU of experiments/benchmarks/bench_monitor.py); and its
-`EventFileWriter` adds a queue and a writer thread. The writer here is synchronous and buffered.
+`EventFileWriter` adds a queue and a writer thread. The writer here is synchronous and buffered;
+only work handed to `EventWriter.submit` (the monitor's images: a matplotlib figure each, ~1 s)
+runs on a background thread.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import os
 import re
 import socket
 import struct
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent import futures
 from pathlib import Path
 
 import crc32c
@@ -31,6 +35,17 @@ FILE_VERSION = "brain.Event:2"
 _NAME = re.compile(r"events\.out\.tfevents\.(\d+)\.")
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
+_BACKGROUND: futures.ThreadPoolExecutor | None = None
+_BACKGROUND_LOCK = threading.Lock()
+
+
+def _background() -> futures.ThreadPoolExecutor:
+    """One worker thread, shared by all writers, started at the first `submit`."""
+    global _BACKGROUND
+    with _BACKGROUND_LOCK:
+        if _BACKGROUND is None:
+            _BACKGROUND = futures.ThreadPoolExecutor(1, thread_name_prefix="optaxlab-events")
+        return _BACKGROUND
 
 
 def masked_crc32c(data: bytes) -> int:
@@ -119,7 +134,9 @@ class EventWriter:
     the events an earlier run wrote at steps > k. Writes are buffered and reach the disk on
     `flush()`, `close()`, or at the first write `flush_secs` after the last flush. The method
     names of tensorboardX's SummaryWriter used here (add_scalar, add_histogram_raw, add_image)
-    take the same arguments, so code can take either writer.
+    take the same arguments, so code can take either writer. `write` is thread-safe; `submit`
+    runs slow work (rendering an image) on a background thread, and `flush` / `close` wait
+    for it.
     """
 
     def __init__(self, logdir: str | os.PathLike, *, purge_step: int | None = None,
@@ -130,6 +147,8 @@ class EventWriter:
         self.flush_secs = flush_secs
         self._file = open(self.path, "ab")  # noqa: SIM115 - closed in close()
         self._last_flush = time.monotonic()
+        self._lock = threading.Lock()
+        self._pending: list[futures.Future] = []
         self.write(event_pb2.Event(wall_time=time.time(), file_version=FILE_VERSION))
         if purge_step is not None:  # a SessionLog START hides earlier events at steps >= it
             start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
@@ -138,11 +157,29 @@ class EventWriter:
 
     def write(self, event: event_pb2.Event) -> None:
         """Appends one `Event` (e.g. `event(step)` with its summary filled)."""
-        if self._file is None:
-            raise ValueError(f"EventWriter for {self.path} is closed")
-        self._file.write(record(event.SerializeToString()))
-        if time.monotonic() - self._last_flush > self.flush_secs:
-            self.flush()
+        data = record(event.SerializeToString())
+        with self._lock:
+            if self._file is None:
+                raise ValueError(f"EventWriter for {self.path} is closed")
+            self._file.write(data)
+            if time.monotonic() - self._last_flush > self.flush_secs:
+                self._file.flush()
+                self._last_flush = time.monotonic()
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        """Runs `fn()` (which writes through this writer) on a background thread, in order with
+        the other submitted calls; `flush` and `close` wait for them and raise the first error.
+        The monitor renders its images this way: a figure costs ~1 s (the first one also
+        imports matplotlib), a pause the training loop would otherwise take at each image step.
+        """
+        self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
+        self._pending.append(_background().submit(fn))
+
+    def wait(self) -> None:
+        """Blocks until the submitted calls are done; raises the first one's error, if any."""
+        pending, self._pending = self._pending, []
+        for f in pending:
+            f.result()
 
     def add_scalars(self, values: Mapping[str, float], step: int) -> None:
         """Many scalars in one event (tags as keys)."""
@@ -174,14 +211,22 @@ class EventWriter:
         self.write(e)
 
     def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-            self._last_flush = time.monotonic()
+        """Waits for the submitted calls, then writes the buffered events to the file."""
+        self.wait()
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
+                self._last_flush = time.monotonic()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Waits for the submitted calls (raising the first error after closing), closes."""
+        try:
+            self.wait()
+        finally:
+            with self._lock:
+                if self._file is not None:
+                    self._file.close()
+                    self._file = None
 
     def __enter__(self) -> EventWriter:
         return self

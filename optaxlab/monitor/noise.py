@@ -14,21 +14,32 @@ stays in memory for the process. Steps 1..64 use that step's simulated histogram
 the average over their block of 64 steps (the law changes slowly by then, and the average cuts
 the sampling noise: TV between two independent block averages ~0.004); steps beyond HORIZON
 use the last block (stationary: for Adam(0.9, 0.999) the block averages from step ~100 on are
-within TV 0.003 of the one at step 4096). One simulation costs about 2 s of CPU time on the
-2-core machine (measured 1.9-2.1 s; compiling the scan is most of it), once per process and
-optimizer: too little to pay for a disk cache that would have to be invalidated with the
-simulator. (A first, 64-step simulation for short runs was dropped: its compile cost about as
-much as the whole 2048-step run.)
+within TV 0.003 of the one at step 4096). One simulation costs 2-4 s on the 2-core machine
+(compile ~1-2 s, then ~2 s of CPU time for the 2^15 x 2048 steps), and it was most of the
+pause at the first `monitor.write` of every process, so its result (1.1 MB) is also kept on
+disk: `cache_dir()` (`$OPTAXLAB_DATA/monitor` or ~/.cache/optaxlab/monitor), under a name that
+hashes the settings, `SAMPLES`, `HORIZON`, the jax version and the simulator's source
+(`optaxlab/theory/simulate.py`), so a changed simulator is simulated afresh. Set
+`OPTAXLAB_MONITOR_CACHE=0` to turn the disk cache off. (A first, 64-step simulation for short
+runs was dropped: its compile cost about as much as the whole 2048-step run.)
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib
+import logging
+import os
+import tempfile
+from pathlib import Path
 
 import jax
 import numpy as np
 
 from optaxlab import theory
+
+log = logging.getLogger(__name__)
 
 SAMPLES = 1 << 15
 BLOCK = 64
@@ -40,10 +51,59 @@ def _cpu():
     return jax.devices("cpu")[0]
 
 
+def cache_dir() -> Path | None:
+    """Where simulated references are kept: $OPTAXLAB_DATA/monitor, else
+    ~/.cache/optaxlab/monitor (the data cache's root); None when OPTAXLAB_MONITOR_CACHE=0."""
+    if os.environ.get("OPTAXLAB_MONITOR_CACHE", "1") == "0":
+        return None
+    env = os.environ.get("OPTAXLAB_DATA")
+    root = Path(env).expanduser() if env else Path.home() / ".cache" / "optaxlab"
+    return root / "monitor"
+
+
+@functools.lru_cache(maxsize=1)
+def _source_hash() -> str:
+    source = importlib.import_module("optaxlab.theory.simulate").__file__
+    return hashlib.sha256(Path(source).read_bytes()).hexdigest()
+
+
+def _cache_file(key: tuple) -> Path | None:
+    root = cache_dir()
+    if root is None:
+        return None
+    name = repr((key, SAMPLES, jax.__version__, _source_hash()))
+    return root / f"noise-{hashlib.sha256(name.encode()).hexdigest()[:24]}.npy"
+
+
 @functools.lru_cache(maxsize=32)
 def _simulated(b1: float, b2: float, eps: float, bias_correction: bool, bins: int, r: float,
                steps: int) -> np.ndarray:
-    """float64[steps, bins + 2]: per-step masses (underflow, bins of [-r, r), overflow)."""
+    """float64[steps, bins + 2]: per-step masses (underflow, bins of [-r, r), overflow), from
+    the disk cache when it holds them."""
+    path = _cache_file((b1, b2, eps, bias_correction, bins, r, steps))
+    if path is not None and path.is_file():
+        try:
+            m = np.load(path)
+            if m.shape == (steps, bins + 2):
+                m.flags.writeable = False
+                return m
+        except (OSError, ValueError) as e:  # a torn or foreign file: simulate again
+            log.debug("ignoring %s: %s", path, e)
+    m = _simulate(b1, b2, eps, bias_correction, bins, r, steps)
+    if path is not None:
+        try:  # atomically: concurrent processes may write the same file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+                np.save(f, m)
+            os.replace(f.name, path)
+        except OSError as e:
+            log.debug("not caching the noise reference in %s: %s", path, e)
+    m.flags.writeable = False
+    return m
+
+
+def _simulate(b1: float, b2: float, eps: float, bias_correction: bool, bins: int, r: float,
+              steps: int) -> np.ndarray:
     hparams = dict(b1=b1, b2=b2, eps=eps, bias_correction=bias_correction)
     with jax.default_device(_cpu()):
         res = theory.simulate("adam_model", theory.gaussian(), key=0, n=SAMPLES, steps=steps,
@@ -52,7 +112,6 @@ def _simulated(b1: float, b2: float, eps: float, bias_correction: bool, bins: in
     m = np.concatenate([np.asarray(under, np.float64)[:, None], np.asarray(counts, np.float64),
                         np.asarray(over, np.float64)[:, None]], axis=1)
     m /= np.maximum(m.sum(axis=1, keepdims=True), 1.0)
-    m.flags.writeable = False
     return m
 
 

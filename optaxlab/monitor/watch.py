@@ -241,8 +241,15 @@ def _value(x):
     return x.get_value() if hasattr(x, "get_value") else x
 
 
+def _is_watch_state(x) -> bool:
+    return isinstance(x, WatchState)
+
+
 def _watch_states(opt_state) -> list[WatchState]:
-    return [v for _, v in optax.tree.get_all_with_path(opt_state, "WatchState")]
+    # One flatten with an isinstance test (~20 us for a 22-leaf Adam state) rather than
+    # `optax.tree.get_all_with_path(opt_state, "WatchState")` (~0.4 ms: key paths of every node).
+    return [x for x in jax.tree.leaves(opt_state, is_leaf=_is_watch_state)
+            if isinstance(x, WatchState)]
 
 
 def latest(opt_state) -> Stats | None:

@@ -106,9 +106,11 @@ def write(tb_writer, step: int, stats: Stats | None) -> dict[str, float]:
     """Writes one step's monitor statistics to TensorBoard; returns the flat scalars.
 
     Args:
-      tb_writer: an `optaxlab.monitor.EventWriter` (one event per step), any writer with
-        tensorboardX's `add_scalar`/`add_histogram_raw`/`add_image`, or None (nothing
-        written, e.g. on processes other than 0).
+      tb_writer: an `optaxlab.monitor.EventWriter` (one event per step; the image of an
+        `image_steps` step is drawn on its background thread, written by its next `flush` or
+        `close` at the latest), any writer with tensorboardX's
+        `add_scalar`/`add_histogram_raw`/`add_image` (images drawn in the call), or None
+        (nothing written, e.g. on processes other than 0).
       step: the step number the summaries are recorded at.
       stats: `latest(opt_state)` (device or host arrays), or None (nothing to write).
 
@@ -144,5 +146,13 @@ def write(tb_writer, step: int, stats: Stats | None) -> dict[str, float]:
             tb_writer.add_histogram_raw(h.tag, h.min, h.max, h.num, h.sum, h.sum_squares,
                                         list(h.bucket_limit), list(h.bucket), step)
     if s.histograms and step in s.image_steps and stats.names:
-        tb_writer.add_image(IMAGE_TAG, image(stats, scalars), step, dataformats="HWC")
+        draw = functools.partial(_add_image, tb_writer, stats, dict(scalars), step)
+        if isinstance(tb_writer, events.EventWriter):
+            tb_writer.submit(draw)  # in the background: ~1 s of matplotlib per figure
+        else:
+            draw()
     return scalars
+
+
+def _add_image(tb_writer, stats: Stats, scalars, step: int) -> None:
+    tb_writer.add_image(IMAGE_TAG, image(stats, scalars), step, dataformats="HWC")

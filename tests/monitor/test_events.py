@@ -105,3 +105,32 @@ def test_bad_input_and_closed_writer(tmp_path):
     w.close()
     with pytest.raises(ValueError, match="closed"):
         w.add_scalar("a", 1.0, 1)
+
+
+def test_submitted_work_runs_in_order_and_flush_waits_and_raises(tmp_path):
+    """`submit` runs on the background thread in order; `flush` waits for it (the events are in
+    the file after it) and raises its error; `close` waits too."""
+    import threading
+
+    gate = threading.Event()
+    w = events.EventWriter(tmp_path)
+    w.submit(lambda: (gate.wait(5), w.add_scalar("bg", 1.0, 1)))
+    w.submit(lambda: w.add_scalar("bg", 2.0, 2))
+    w.add_scalar("fg", 3.0, 3)  # the caller is not blocked by the pending work
+    gate.set()
+    w.flush()
+    steps = [(e.step, e.summary.value[0].tag) for e in
+             event_file_loader.EventFileLoader(str(w.path)).Load() if e.summary.value]
+    assert steps == [(3, "fg"), (1, "bg"), (2, "bg")]
+
+    def boom():
+        raise RuntimeError("drawing failed")
+
+    w.submit(boom)
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        w.flush()
+    w.flush()  # the error is raised once
+    w.submit(lambda: w.add_scalar("bg", 4.0, 4))
+    w.close()
+    last = list(event_file_loader.EventFileLoader(str(w.path)).Load())[-1]
+    assert last.step == 4

@@ -67,3 +67,31 @@ def test_pure_noise_is_close_and_a_quadratic_far():
     tvs = [sc["noise_tv/w"] for sc in quad]
     assert tvs[0] < NOISE_TV_MAX  # step 1: Delta = -sign(g) whatever g is
     assert min(tvs[1:]) > SIGNAL_TV_MIN, tvs
+
+
+def test_disk_cache_round_trip(tmp_path, monkeypatch):
+    """The simulated reference is saved under $OPTAXLAB_DATA/monitor and read back by a fresh
+    lookup (no simulation); a torn file is simulated again; OPTAXLAB_MONITOR_CACHE=0 is off."""
+    monkeypatch.setenv("OPTAXLAB_DATA", str(tmp_path))
+    key = (0.9, 0.95, 0.0, True, 9, 3.0, noise.HORIZON)
+    noise._simulated.cache_clear()
+    first = noise._simulated(*key)
+    (path,) = (tmp_path / "monitor").glob("noise-*.npy")
+    assert path == noise._cache_file(key)
+    noise._simulated.cache_clear()
+
+    def no_simulation(*args):
+        raise AssertionError("simulated although cached")
+
+    real = noise._simulate
+    monkeypatch.setattr(noise, "_simulate", no_simulation)
+    again = noise._simulated(*key)
+    np.testing.assert_array_equal(again, first)
+    assert again.shape == (noise.HORIZON, 9 + 2) and not again.flags.writeable
+    path.write_bytes(b"torn")
+    noise._simulated.cache_clear()
+    monkeypatch.setattr(noise, "_simulate", lambda *a: real(*a))
+    np.testing.assert_array_equal(noise._simulated(*key), first)
+    monkeypatch.setenv("OPTAXLAB_MONITOR_CACHE", "0")
+    assert noise.cache_dir() is None and noise._cache_file(key) is None
+    noise._simulated.cache_clear()

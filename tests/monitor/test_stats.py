@@ -378,3 +378,28 @@ def test_spread_counts_when_moments_vanish():
         np.testing.assert_allclose(st[FIELD["spread_logsum"]],
                                    np.log(np.maximum(gamma[ok], 1e-6)).sum(), rtol=1e-4,
                                    atol=1e-3)
+
+
+@pytest.mark.parametrize("group", ["leaf", "module"])
+def test_stacked_equal_shapes_match_leaf_by_leaf(monkeypatch, group):
+    """On one device equal-shape leaves are counted stacked (`stats._can_stack`): the same
+    histograms and sums as leaf by leaf, with Adam's moments, module grouping, a bf16 leaf of a
+    shared shape (its own stack) and a leaf with a NaN."""
+    from optaxlab.monitor import stats as stats_lib
+
+    params = {f"b{i}": {"q": _normal(i, (16, 24)), "o": _normal(10 + i, (16, 24)),
+                        "scale": _normal(20 + i, (24,))} for i in range(3)}
+    params["b2"]["o"] = params["b2"]["o"].astype(jnp.bfloat16)
+    grads = [_grads(40 + 5 * j, params) for j in range(3)]
+    grads[-1]["b1"]["q"] = grads[-1]["b1"]["q"].at[3, 4].set(jnp.nan)
+    tx = optax.adam(0.01, b2=0.95)
+    kw = dict(learning_rate=0.01, b1=0.9, b2=0.95, group=group)
+    monkeypatch.setattr(stats_lib, "_can_stack", lambda: False)
+    ref, _, _ = _stats(tx, grads, params, **kw)
+    monkeypatch.setattr(stats_lib, "_can_stack", lambda: True)
+    got, _, _ = _stats(tx, grads, params, **kw)
+    assert got.names == ref.names and len(got.names) == (9 if group == "leaf" else 3)
+    np.testing.assert_array_equal(got.hist, ref.hist)
+    assert got.hist.sum() > 0
+    np.testing.assert_allclose(got.layers, ref.layers, rtol=1e-5, atol=1e-6)
+    assert got.row("b1/q" if group == "leaf" else "b1")[FIELD["g_nan"]] == 1
