@@ -130,25 +130,14 @@ def _unknown_field(argv: list[str], key: str) -> str | None:
 _NONE_OVERRIDES: list[str] = []
 
 
-def _shipped_config(argv: list[str]) -> list[str]:
-    """`--config lm_tiny` (a name, not a file) -> the shipped optaxlab/configs/lm_tiny.py."""
-    from optaxlab.train.config import config_file
-
-    out = list(argv)
-    for i, a in enumerate(out):
-        if a == "--config" and i + 1 < len(out):
-            out[i + 1] = config_file(out[i + 1])
-        elif a.startswith("--config="):
-            out[i] = "--config=" + config_file(a[len("--config="):])
-    return out
-
-
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with every error as one line and exit code 2."""
     _NONE_OVERRIDES[:] = [a[len("--config."):-len("=None")] for a in argv
                           if a.startswith("--config.") and a.endswith("=None")]
     argv = [a for a in argv if not (a.startswith("--config.") and a.endswith("=None"))]
-    argv = _shipped_config(argv)
+    from optaxlab.train.config import config_args
+
+    argv = config_args(argv)  # --config lm_tiny: the shipped config of that name
     try:
         return FLAGS(argv)
     except flags.Error as e:

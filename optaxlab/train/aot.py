@@ -710,5 +710,7 @@ if __name__ == "__main__":
 
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("optaxlab.train").setLevel(logging.WARNING)
+    from optaxlab.train.config import config_args
+
     _define_flags()
-    app.run(main, argv=sys.argv)
+    app.run(main, argv=config_args(sys.argv))  # --config lm_160m works too

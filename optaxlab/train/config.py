@@ -357,6 +357,18 @@ def unknown_field_message(config, path: str) -> str:
     return f"config.{path}: unknown field; valid fields of {where}: {valid}"
 
 
+def config_args(argv: list[str]) -> list[str]:
+    """argv with `--config NAME` / `--config=NAME` (a shipped config's name, e.g. `lm_tiny`)
+    replaced by its file, for every CLI that takes `--config` (train, aot, memory)."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a == "--config" and i + 1 < len(out):
+            out[i + 1] = config_file(out[i + 1])
+        elif a.startswith("--config="):
+            out[i] = "--config=" + config_file(a[len("--config="):])
+    return out
+
+
 def config_file(arg: str) -> str:
     """The config file `--config ARG` names: ARG itself if it is a file (a `:extra` suffix kept),
     else, for a bare name such as `lm_tiny`, the config of that name shipped in the package

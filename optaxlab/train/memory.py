@@ -329,5 +329,7 @@ def _define_flags() -> None:
 if __name__ == "__main__":
     from absl import app
 
+    from optaxlab.train.config import config_args
+
     _define_flags()
-    app.run(main, argv=sys.argv)
+    app.run(main, argv=config_args(sys.argv))  # --config lm_160m works too

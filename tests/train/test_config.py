@@ -30,6 +30,10 @@ def test_configs_ship_in_the_package_and_load_by_name(tmp_path, monkeypatch):
     assert config_lib.config_file("lm_tiny:extra") == path + ":extra"
     assert config_lib.config_file("nope") == "nope"  # the loader then reports it
     assert configs.get_config("lm_tiny").model.n_layers == 2
+    # every CLI that takes --config (train, aot, memory) rewrites a name the same way
+    assert config_lib.config_args(["x", "--config", "lm_tiny", "--config=lm_160m:a", "--y"]) == [
+        "x", "--config", path, "--config=" + str(ROOT / "optaxlab/configs/lm_160m.py") + ":a",
+        "--y"]
     with pytest.raises(ValueError, match=r"config 'nope': no such shipped config; valid: "
                                          r"lm_tiny, lm_small"):
         configs.get_config("nope")
