@@ -243,12 +243,17 @@ class Plan:
     # hparams whose value differs from the base config's same-named value (nothing silent)
     notes: list[str] = dataclasses.field(default_factory=list)
     target: dict[str, float] | None = None  # {metrics.jsonl key: value} (time to target)
+    # {point name: its full config} as `resolve` built them (not in sweep.json: `check_points`
+    # validates these instead of building each point again; a plan read from disk has none)
+    configs: dict[str, ml_collections.ConfigDict] = dataclasses.field(
+        default_factory=dict, repr=False, compare=False)
 
     def short(self, field: str) -> str:
         return short_names(self.fields).get(field, field)
 
     def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = dataclasses.asdict(dataclasses.replace(self, configs={}))
+        del d["configs"]
         d["points"] = [p.to_json() for p in self.points]
         d["short_names"] = short_names(self.fields)
         return d
@@ -256,7 +261,7 @@ class Plan:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Plan:
         kw = {f.name: d[f.name] for f in dataclasses.fields(cls)
-              if f.name != "points" and f.name in d}
+              if f.name not in ("points", "configs") and f.name in d}
         return cls(points=[Point.from_json(p) for p in d["points"]], **kw)
 
     def trainer_command(self, point: Point, sweep_dir: Path, python: str | None = None
@@ -609,7 +614,8 @@ def resolve(spec: Mapping[str, Any], sweep_file: str | Path | None = None) -> Pl
                 config=str(config_path) + (f":{config_extra}" if config_extra else ""),
                 overrides=overrides, fields=fields, group_by=list(group_by), tune=list(tune),
                 metric=metric, goal=goal, heatmaps=[list(h) for h in heatmaps], points=points,
-                notes=notes, target=target)
+                notes=notes, target=target,
+                configs={name: cfg for _, name, cfg in point_cfgs})
 
 
 def check_points(plan: Plan, points: Sequence[Point] | None = None,
@@ -625,17 +631,21 @@ def check_points(plan: Plan, points: Sequence[Point] | None = None,
     from optaxlab.train import config as config_lib
     from optaxlab.train import errors
 
-    file, _, arg = plan.config.partition(":")
-    try:
-        base = load_config_file(Path(file), arg or None)
-    except Exception as e:  # noqa: BLE001 - any failure of the user's config file
-        raise SweepError(f"config={plan.config!r}: get_config() failed: {_one_line(e)}") from e
-    file_optimizer = copy.deepcopy(base.optimizer)
-    bad, configs = [], {}
     chosen = plan.points if points is None else points
+    base = file_optimizer = None
+    if any(p.name not in plan.configs for p in chosen):  # a plan read from disk: build them
+        file, _, arg = plan.config.partition(":")
+        try:
+            base = load_config_file(Path(file), arg or None)
+        except Exception as e:  # noqa: BLE001 - any failure of the user's config file
+            raise SweepError(f"config={plan.config!r}: get_config() failed: {_one_line(e)}"
+                             ) from e
+        file_optimizer = copy.deepcopy(base.optimizer)
+    bad, configs = [], {}
     for p in chosen:
         try:
-            cfg = point_config(base, file_optimizer, p.overrides, p.name)
+            cfg = plan.configs.get(p.name) or point_config(base, file_optimizer, p.overrides,
+                                                           p.name)
             sizes = [s for s in (cfg.mesh.get(a) for a in config_lib.AXES)
                      if isinstance(s, int) and s > 0]
             config_lib.validate(cfg, num_devices=num_devices or math.prod(sizes))

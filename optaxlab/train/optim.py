@@ -86,14 +86,3 @@ def learning_rate(opt_state) -> jax.Array:
             return s.hyperparams["learning_rate"]
     raise ValueError("no inject_hyperparams state with a learning_rate in the optimizer state")
 
-
-def second_moment_decay(opt_cfg) -> float | None:
-    """b2 of the optimizer (or `beta` of adam_equal_betas); None without a second moment."""
-    hp = optimizer_hparams(opt_cfg)
-    if opt_cfg.name == "lion":  # lion's b2 interpolates the momentum; no second moment
-        return None
-    if "b2" in hp:
-        return float(hp["b2"])
-    if opt_cfg.name == "adam_equal_betas" and "beta" in hp:
-        return float(hp["beta"])
-    return None

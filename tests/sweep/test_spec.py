@@ -146,6 +146,29 @@ def test_sweep_file_and_plan_round_trip(tmp_path):
         check_against_disk(changed, tmp_path / "run")
 
 
+
+def test_a_point_config_is_built_once_and_a_plan_from_disk_builds_the_same(tmp_path, monkeypatch):
+    # resolve builds each point's full config; check_points validates those (no second build);
+    # a plan read back from sweep.json (resume) has no configs and builds equal ones.
+    from optaxlab.sweep import spec as spec_lib
+
+    plan = resolve(optimizer_lr_sweep())
+    assert set(plan.configs) == {p.name for p in plan.points}
+    assert "configs" not in plan.to_json()
+    built = []
+    original = spec_lib.point_config
+    monkeypatch.setattr(spec_lib, "point_config",
+                        lambda *a, **k: built.append(a[-1]) or original(*a, **k))
+    configs = spec_lib.check_points(plan, num_devices=1)
+    assert built == [] and all(configs[n] is plan.configs[n] for n in configs)
+    write_plan(plan, tmp_path / "run")
+    again = read_plan(tmp_path / "run")
+    assert again.configs == {}
+    rebuilt = spec_lib.check_points(again, num_devices=1)
+    assert sorted(built) == sorted(p.name for p in plan.points)
+    assert {n: c.to_dict() for n, c in rebuilt.items()} == \
+        {n: c.to_dict() for n, c in configs.items()}
+
 def test_only_filters_and_index():
     plan = resolve(optimizer_lr_sweep())
     names = lambda pts: [p.name for p in pts]

@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from optaxlab import optimizers
 from optaxlab.train import config as config_lib
 from optaxlab.train import optim
 
@@ -61,11 +62,13 @@ def test_make_optimizer_matches_registry_with_the_same_schedule():
 
 
 @pytest.mark.parametrize(("name", "expected"), [
-    ("adam", 0.999), ("rmsprop", 0.999), ("laprop", 0.999), ("acclip", 0.99),
+    ("adam", 0.999), ("rmsprop", 0.999), ("laprop", 0.999), ("acclip", None),
     ("adam_equal_betas", 0.95), ("signum", None), ("sgd", None), ("lion", None),
 ])
-def test_second_moment_decay_for_the_theory_overlay(name, expected):
-    assert optim.second_moment_decay(block(name=name)) == expected
+def test_the_theory_overlays_b2_comes_from_the_registry_table(name, expected):
+    # lion's b2 interpolates its momentum and ACClip's nu is not a second moment: no theory.
+    assert optimizers.theory_settings(name, optim.optimizer_hparams(block(name=name))
+                                      ).get("b2") == expected
 
 
 def test_hparam_values_from_config_reach_the_optimizer():
