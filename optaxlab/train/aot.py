@@ -561,12 +561,12 @@ def table_cells() -> list[tuple[str, str, list[str]]]:
                         f"--config.batch_size={batch}"]
                 if attention:
                     over.append(f"--config.model.attention_impl={attention}")
-                cells.append(("optaxlab/configs/lm_160m.py", target, over))
+                cells.append(("lm_160m", target, over))
     for target, attention in (("h100-8", "cudnn"), ("v5p-8", None)):
         over = [*mesh, "--config.batch_size=256"]
         if attention:
             over.append(f"--config.model.attention_impl={attention}")
-        cells.append(("optaxlab/configs/lm_410m.py", target, over))
+        cells.append(("lm_410m", target, over))
     return cells[:6] + cells[-2:] + cells[6:-2]
 
 

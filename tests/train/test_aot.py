@@ -209,7 +209,7 @@ def test_cli_without_extras_exits_with_the_one_line_error(tmp_path):
         "else _f(n, *a)\n")
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
     p = subprocess.run([sys.executable, "-m", "optaxlab.train.aot", "--config",
-                        f"{ROOT}/configs/lm_tiny.py", "--target", "v5e-8"],
+                        "lm_tiny", "--target", "v5e-8"],
                        capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode != 0
     last = p.stderr.strip().splitlines()[-1]
@@ -273,7 +273,7 @@ def test_aot_cli_json_keys():
     env = {**os.environ, "PYTHONPATH": ROOT}
     env.pop("XLA_FLAGS", None)
     p = subprocess.run([sys.executable, "-m", "optaxlab.train.aot", "--config",
-                        f"{ROOT}/configs/lm_tiny.py", "--target", "v5e-8", "--json",
+                        "lm_tiny", "--target", "v5e-8", "--json",
                         "--config.batch_size=16", "--config.mesh.fsdp=-1",
                         "--config.mesh.data=1"],
                        capture_output=True, text=True, env=env, timeout=600)
