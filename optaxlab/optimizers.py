@@ -35,7 +35,7 @@ references), read by ``create(name, learning_rate, **hparams)``, ``check(name, l
 (schedule-free's evaluation point; the identity for every other optimizer). The papers'
 optimizers are written as *directions* (the list of transforms between the raw-gradient steps
 and the decoupled decay); the registry adds the five common keywords and ``-learning_rate`` to
-each, once (``_with_common``).
+each, once (``_full_factory``, the same code path for a registered one).
 
 Your own optimizer: ``register(name, factory, *, hparams=None, theory=None, static=())`` (or
 ``@register(name)``), or a reference ``package.module:factory`` / ``path/to/file.py:factory``
@@ -308,57 +308,52 @@ def _references(doc: str) -> str:
     return " ".join(text.split())
 
 
-def _checked(sig: inspect.Signature, rules: dict[str, Any], joint, args, kwargs
-             ) -> dict[str, Any]:
-    """The call's arguments bound to `sig` with defaults, validated (`_validate`)."""
-    bound = sig.bind(*args, **kwargs)
-    bound.apply_defaults()
-    _validate(rules, joint, bound.arguments)
-    return bound.arguments
+def _full_factory(fn, name: str, own: dict[str, Any], common: dict[str, Any],
+                  rules: dict[str, Any], joint, whole: bool):
+    """The full factory ``f(learning_rate, **own, **common)`` of `fn`, the one code path of the
+    built-ins and of ``register``: binds the call with the defaults, validates every value once
+    (`_validate`), builds `fn`'s transformation and puts the common steps around it. A
+    *direction* ``fn(**own)`` (a transformation or a list of them) gets [raw-gradient steps] ->
+    direction -> decoupled decay -> -learning_rate (`_chain`); a *whole* optimizer
+    ``fn(learning_rate, **own)`` gets only the raw-gradient steps in front (`_wrap`; the
+    coupled decay uses the optimizer's `mask` if it has one). Scalar state is float32."""
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD  # (inject_hyperparams binds by it)
+    sig = inspect.Signature([inspect.Parameter("learning_rate", kind),
+                             *(inspect.Parameter(k, kind, default=v)
+                               for k, v in {**own, **common}.items())])
 
-
-def _with_common(fn, common: dict[str, Any], rules: dict[str, Any], joint):
-    """The full factory of a direction `fn(**own)`: f(learning_rate, **own, **common) validates
-    every value once (`rules`) and builds [raw-gradient steps] -> direction -> decoupled decay
-    -> -learning_rate (`_chain`)."""
-    own = inspect.signature(fn).parameters
-    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    sig = inspect.Signature([inspect.Parameter("learning_rate", kind), *own.values(),
-                             *(inspect.Parameter(k, kind, default=v) for k, v in common.items())])
-
-    @functools.wraps(fn)
     def factory(*args, **kwargs):
-        v = _checked(sig, rules, joint, args, kwargs)
-        direction = fn(**{k: v[k] for k in own})
-        return float32_scalars(_chain(list(direction), v["learning_rate"], v["weight_decay"],
-                                    v["mask"], v["max_norm"], v["coordinate_clip"],
-                                    v["coupled_weight_decay"]))
+        try:
+            bound = sig.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{name}(): {e}") from None
+        bound.apply_defaults()
+        v = bound.arguments
+        _validate(rules, joint, v)
+        mine = {k: v[k] for k in own}
+        tx = fn(v["learning_rate"], **mine) if whole else fn(**mine)
+        if isinstance(tx, optax.GradientTransformation):
+            direction = [tx]
+        elif not whole and isinstance(tx, (list, tuple)) and all(
+                isinstance(t, optax.GradientTransformation) for t in tx):
+            direction = list(tx)
+        else:
+            raise ValueError(f"{name}: the factory returned {type(tx).__name__}, not an "
+                             "optax.GradientTransformation")
+        if whole:
+            return float32_scalars(_wrap(tx, v["max_norm"], v["coordinate_clip"],
+                                         v["coupled_weight_decay"], v.get("mask")))
+        return float32_scalars(_chain(direction, v["learning_rate"], v["weight_decay"],
+                                      v["mask"], v["max_norm"], v["coordinate_clip"],
+                                      v["coupled_weight_decay"]))
 
+    functools.update_wrapper(factory, fn)
+    factory.__name__ = factory.__qualname__ = name
     factory.__signature__ = sig  # type: ignore[attr-defined]
     return factory
 
 
 _PRE = ("max_norm", "coupled_weight_decay", "coordinate_clip")
-
-
-def _with_pre(fn, pre: dict[str, Any], rules: dict[str, Any], joint):
-    """The full factory of a whole optimizer `fn(learning_rate, **own)` (a wrapped optax one):
-    validates every value once and puts the raw-gradient steps (`_PRE`) in front (`_wrap`; the
-    coupled decay uses the optimizer's `mask` if it has one)."""
-    own = inspect.signature(fn).parameters
-    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    sig = inspect.Signature([*own.values(),
-                             *(inspect.Parameter(k, kind, default=v) for k, v in pre.items())])
-
-    @functools.wraps(fn)
-    def factory(*args, **kwargs):
-        v = _checked(sig, rules, joint, args, kwargs)
-        tx = fn(**{k: v[k] for k in own})
-        return float32_scalars(_wrap(tx, v["max_norm"], v["coordinate_clip"],
-                                   v["coupled_weight_decay"], v.get("mask")))
-
-    factory.__signature__ = sig  # type: ignore[attr-defined]
-    return factory
 
 
 def _register(common: dict[str, Any] | None = None, **overrides: Callable[[str, Any], None]):
@@ -371,23 +366,16 @@ def _register(common: dict[str, Any] | None = None, **overrides: Callable[[str, 
     def wrap(fn):
         params = inspect.signature(fn).parameters
         types_ = _types(fn)
-        if "learning_rate" in params:  # a wrapped optax optimizer: raw-gradient steps only
-            pre = {k: _COMMON_DEFAULTS[k] for k in _PRE}
-            keys = [*params, *pre]
-            rules = {k: overrides.get(k, _RULES.get(k)) for k in keys}
-            joint = _joint(keys)
-            factory = _with_pre(fn, pre, rules, joint)
-            defaults = {**{k: p.default for k, p in params.items() if k != "learning_rate"},
-                        **pre}
-            types_ = {**types_, **{k: _COMMON_TYPES[k] for k in _PRE}}
-        else:
-            commons = {**_COMMON_DEFAULTS, **(common or {})}
-            keys = ["learning_rate", *params, *commons]
-            rules = {k: overrides.get(k, _RULES.get(k)) for k in keys}
-            joint = _joint(keys)
-            factory = _with_common(fn, commons, rules, joint)
-            defaults = {**{k: p.default for k, p in params.items()}, **commons}
-            types_ = {**types_, **_COMMON_TYPES}
+        whole = "learning_rate" in params  # a wrapped optax optimizer: raw-gradient steps
+        own = {k: p.default for k, p in params.items() if k != "learning_rate"}
+        commons = ({k: _COMMON_DEFAULTS[k] for k in _PRE} if whole
+                   else {**_COMMON_DEFAULTS, **(common or {})})
+        keys = ["learning_rate", *own, *commons]
+        rules = {k: overrides.get(k, _RULES.get(k)) for k in keys}
+        joint = _joint(keys)
+        factory = _full_factory(fn, fn.__name__, own, commons, rules, joint, whole)
+        defaults = {**own, **commons}
+        types_ = {**types_, **{k: _COMMON_TYPES[k] for k in commons}}
         _TABLE[fn.__name__] = Optimizer(
             name=fn.__name__, factory=factory, defaults=defaults, types=types_, rules=rules,
             static=tuple(k for k in defaults if k in _STATIC), joint=joint,
@@ -1744,36 +1732,9 @@ def register(name: str, factory: Callable[..., optax.GradientTransformation] | N
     rules.update({k: _RULES.get(k) for k in common})
     joint = _joint(rules)
 
-    def build(learning_rate: ScalarOrSchedule, **kwargs: Any) -> optax.GradientTransformation:
-        bad = sorted(set(kwargs) - set(own) - set(common))
-        if bad:
-            raise TypeError(f"{name}() got an unexpected keyword argument {bad[0]!r}")
-        values = {**own, **{k: _COMMON_DEFAULTS[k] for k in common}, **kwargs}
-        values["learning_rate"] = learning_rate
-        _validate(rules, joint, values)
-        mine = {k: values[k] for k in own}
-        if whole:
-            tx = factory(learning_rate, **mine)
-        else:
-            tx = factory(**mine)
-        if not isinstance(tx, optax.GradientTransformation):
-            raise ValueError(f"{name}: the factory returned {type(tx).__name__}, not an "
-                             "optax.GradientTransformation")
-        if whole:
-            return _wrap(tx, values["max_norm"], values["coordinate_clip"],
-                         values["coupled_weight_decay"], values["mask"])
-        return _chain([tx], learning_rate, values["weight_decay"], values["mask"],
-                      values["max_norm"], values["coordinate_clip"],
-                      values["coupled_weight_decay"])
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = factory.__doc__
-    build.__wrapped__ = factory  # type: ignore[attr-defined]
-    defaults = {**own, **{k: _COMMON_DEFAULTS[k] for k in common}}
-    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD  # (inject_hyperparams binds by it)
-    build.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter("learning_rate", kind),
-         *(inspect.Parameter(k, kind, default=v) for k, v in defaults.items())])
+    common_defaults = {k: _COMMON_DEFAULTS[k] for k in common}
+    build = _full_factory(factory, name, own, common_defaults, rules, joint, whole)
+    defaults = {**own, **common_defaults}
     row = Optimizer(name=name, factory=build, defaults=defaults,
                     types={**kinds, **{k: _COMMON_TYPES[k] for k in common}}, rules=rules,
                     static=tuple(static), common=common, joint=joint,
