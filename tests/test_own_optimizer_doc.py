@@ -63,3 +63,14 @@ def test_doc_runs_as_written_outside_the_repository(tmp_path):
     assert {r["hp.beta"] for r in rows if r["hp.name"].endswith(":soft_sign")} == {"0.9"}
     summary = (tmp_path / "sweeps/mine/summary.md").read_text()
     assert "Its optimizer hparams: " in summary
+    # --no-vectorize: one trainer process per point, the same resolved hparams as the group
+    solo = [r for r in csv.DictReader(open(tmp_path / "sweeps/mine_solo/results.csv"))
+            if r["status"] != "pending"]  # the table lists the sweep's other points as pending
+    assert len(solo) == 2 and all(r["status"] == "finished" for r in solo), solo
+    assert {r["hp.name"] for r in solo} == {f"{tmp_path / 'my_opt.py'}:soft_sign"}  # absolute
+    assert {r["hp.beta"] for r in solo} == {"0.9"}
+    grouped = {r["hp.learning_rate"]: float(r["final_eval_loss"]) for r in rows
+               if r["hp.name"].endswith(":soft_sign")}
+    for r in solo:  # a group member and its solo run agree to float32 round-off
+        gap = abs(float(r["final_eval_loss"]) - grouped[r["hp.learning_rate"]])
+        assert gap < 1e-3, (r, grouped)
